@@ -1,0 +1,39 @@
+# Two commands for a fresh Debian/Ubuntu machine with Python >= 3.11:
+#   make run   train the default experiment (simulations/quickstart.toml) and print where results are
+#   make test  lint, types, unit and integration tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# A CPU build of torch: a bare "torch" requirement makes pip fetch a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0+cpu
+OUT    ?= results/quickstart
+export FLWR_TELEMETRY_ENABLED=0
+export FLWR_DISABLE_UPDATE_CHECK=1
+
+.PHONY: run test lint typecheck unit integration clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "$(TORCH)" 2>/dev/null \
+	  || $(BIN)/pip install --quiet "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+	$(BIN)/pip install --quiet -e ".[train]"
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-run
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+run: $(VENV)/.installed-run
+	$(BIN)/edgeai simulate simulations/quickstart.toml --out $(OUT)
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q -ra
+
+clean:
+	rm -rf $(VENV) results .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,68 @@
+"""The reference side of the simulation benchmark, and a fast tuning loop.
+
+Runs an experiment's federated rounds sequentially in this one process, in
+plain PyTorch: no Flower, no Ray, no messages.  Same clients, same local
+training code (``local_train``), same FedAvg weighting, same validation.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from edgeai.data.datasets import load_dataset
+from edgeai.fl.client_app import local_train, warm_partitions
+from edgeai.fl.training import evaluate
+from edgeai.models import build_model
+from edgeai.simulation.config import Experiment
+from edgeai.simulation.runner import client_plan
+
+
+@dataclass
+class SeqRound:
+    round: int
+    accuracy: float
+    epsilon: float | None
+    seconds: float
+
+
+def run_sequential(exp: Experiment, threads: int = 1, ema: float = 0.0) -> Iterator[SeqRound]:
+    """Yield one record per round of FedAvg run sequentially in this process."""
+    torch.set_num_threads(threads)
+    plan, _ = client_plan(exp)
+    warm_partitions(plan, exp.federation.num_clients)
+    split = load_dataset(plan.data.dataset, plan.data.validation_fraction, plan.data.split_seed)
+    model = build_model(plan.model, plan.input_shape, plan.num_classes, seed=plan.seed)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    histories: dict[int, list[tuple[float, float, int]]] = {}
+    rng = random.Random(plan.seed)
+    k = exp.federation.num_clients
+    worst: float | None = None
+    for rnd in range(1, exp.federation.rounds + 1):
+        t0 = time.perf_counter()
+        chosen = sorted(rng.sample(range(k), exp.federation.per_round))
+        total = 0
+        acc_state = {name: torch.zeros_like(v, dtype=torch.float64) for name, v in state.items()}
+        for cid in chosen:
+            node = {"partition-id": cid, "num-partitions": k, "torch-threads": threads}
+            new, metrics, histories[cid] = local_train(
+                plan, state, node, histories.get(cid, []), rnd
+            )
+            n = int(metrics["num-examples"])
+            total += n
+            for name, v in new.items():
+                acc_state[name] += v.to(torch.float64) * n
+            if "epsilon" in metrics:
+                worst = max(worst or 0.0, float(metrics["epsilon"]))
+        state = {name: (v / total).to(state[name].dtype) for name, v in acc_state.items()}
+        if ema:
+            avg = state if rnd == 1 else {k: ema * avg[k] + (1 - ema) * state[k] for k in state}
+            model.load_state_dict(avg)
+        else:
+            model.load_state_dict(state)
+        accuracy, _ = evaluate(model, split.validation)
+        yield SeqRound(rnd, accuracy, worst, time.perf_counter() - t0)

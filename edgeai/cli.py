@@ -1,0 +1,106 @@
+"""The ``edgeai`` command line.
+
+Heavy imports (torch, Flower, Ray) happen inside the commands that need them,
+so ``edgeai --help`` and ``edgeai version`` are instant and an inference-only
+device never imports torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from edgeai import __version__
+from edgeai.errors import EdgeAIError
+from edgeai.profiles import commands as profile_commands
+
+app = typer.Typer(
+    name="edgeai",
+    help=(
+        "Federated learning with differential privacy for fleets of edge devices: "
+        "train (or simulate) across devices, compile per device profile, serve, observe."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(
+    profile_commands.app,
+    name="profiles",
+    help="List and inspect device profiles (what each class of device can run, and its budgets).",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class ExitCode:
+    """Exit codes of the ``edgeai`` command (documented in docs/ARCHITECTURE.md)."""
+
+    OK = 0
+    FAILED = 1  # the run itself failed (e.g. every client crashed in a round)
+    BAD_INPUT = 2  # invalid config, missing data file, unknown name
+
+
+def fail(exc: Exception, code: int = ExitCode.BAD_INPUT) -> typer.Exit:
+    """Print ``exc`` as a clear error (no traceback) and return the exit to raise."""
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print the edgeai version."""
+    console.print(f"edgeai {__version__}")
+
+
+@app.command()
+def simulate(
+    experiment: Annotated[
+        Path, typer.Argument(help="Experiment TOML, e.g. simulations/quickstart.toml.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Results directory (created if missing).")
+    ] = Path("results"),
+    rounds: Annotated[
+        int | None, typer.Option(help="Override federation.rounds from the file.", min=1)
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Run on an existing Ray cluster ('auto' or 'ray://HOST:10001')."),
+    ] = None,
+) -> None:
+    """Run a federated-learning experiment with many simulated devices.
+
+    Trains the experiment's model with FedAvg on Flower's simulation engine
+    (Ray), with DP-SGD on every virtual device when the experiment enables it,
+    and writes metrics.jsonl, summary.json, model.onnx and plots to --out.
+    """
+    from edgeai.simulation.cli_view import run_with_progress  # noqa: PLC0415  (slow)
+    from edgeai.simulation.config import load_experiment  # noqa: PLC0415
+
+    overrides: dict[str, object] = {}
+    if rounds is not None:
+        overrides["federation.rounds"] = rounds
+    if ray_address is not None:
+        overrides["simulation.ray_address"] = ray_address
+    try:
+        exp = load_experiment(experiment, overrides)
+    except EdgeAIError as exc:
+        raise fail(exc) from None
+    try:
+        run_with_progress(exp, out, console)
+    except EdgeAIError as exc:
+        code = ExitCode.BAD_INPUT if isinstance(exc, ValueError | LookupError) else ExitCode.FAILED
+        raise fail(exc, code) from None
+
+
+def main() -> None:
+    """Entry point of the ``edgeai`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

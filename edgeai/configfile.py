@@ -1,0 +1,86 @@
+"""Read TOML and YAML files into immutable pydantic models with errors that teach the fix."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgeai.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Frozen(BaseModel):
+    """Base of every config model: immutable, and unknown keys are errors (typos)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """Parse a TOML or YAML file into a dict, naming the file in every error."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"{path}: unsupported file type; use .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a table of fields")
+    return data
+
+
+def describe_errors(source: str, exc: ValidationError, model: type[BaseModel]) -> str:
+    """Turn a pydantic error into lines of 'file: field = value: problem (fix)'."""
+    lines = [f"{source}: {exc.error_count()} invalid field(s)"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        msg = err["msg"]
+        fix = ""
+        if err["type"] == "extra_forbidden":
+            known = _known_fields(model, err["loc"][:-1])
+            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+            fix = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(known)}"
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            fix = "add it"
+        shown = "" if err["type"] in ("missing",) else f" = {value!r}"
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"  {field}{shown}: {msg}" + (f" ({fix})" if fix else ""))
+    return "\n".join(lines)
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: type[BaseModel] = model
+    for part in loc:
+        field = current.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        current = ann
+    return sorted(current.model_fields)
+
+
+def parse(model: type[M], data: dict[str, Any], source: str) -> M:
+    """Validate ``data`` as ``model``; a failure becomes a :class:`ConfigError`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(source, exc, model)) from exc
+
+
+def load(model: type[M], path: Path) -> M:
+    """Read and validate a TOML or YAML file as ``model``."""
+    return parse(model, read_mapping(path), str(path))

@@ -1,0 +1,47 @@
+"""What the server tells every client to do in a round: the task, as one typed message."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from edgeai.configfile import Frozen
+from edgeai.data.partition import PartitionSpec
+from edgeai.privacy.config import PrivacyConfig
+
+
+class DataConfig(Frozen):
+    """Which data set, its train/validation split, and its partition over clients."""
+
+    dataset: str = "mnist"
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    split_seed: int = 0
+    partition: PartitionSpec = PartitionSpec()
+
+
+class TrainingConfig(Frozen):
+    """Local training on each client."""
+
+    local_epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class ClientPlan(Frozen):
+    """Everything a ClientApp needs besides the model weights and its own data.
+
+    The server sends it as JSON in the train message's config, so simulation and
+    deployment run the very same client code.
+    """
+
+    model: str
+    input_shape: tuple[int, ...]
+    num_classes: int = Field(ge=2)
+    data: DataConfig
+    training: TrainingConfig
+    privacy: PrivacyConfig
+    # With target_epsilon, σ is calibrated for a client that joins all of these
+    # rounds, so no client ends the run above the target.
+    num_rounds: int = Field(ge=1)
+    seed: int = 0

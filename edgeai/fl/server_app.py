@@ -1,0 +1,137 @@
+"""The ServerApp: FedAvg rounds with reply validation and central evaluation."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from edgeai.data.datasets import load_dataset
+from edgeai.fl.client_app import plan_config
+from edgeai.fl.plan import ClientPlan
+from edgeai.fl.strategy import RoundStats, ValidatingFedAvg
+from edgeai.fl.training import evaluate
+from edgeai.fl.validation import reference_of
+from edgeai.models import build_model
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """How the server runs the federation."""
+
+    client: ClientPlan
+    num_clients: int
+    clients_per_round: int
+    round_timeout_s: float = 600.0
+    max_examples: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One line of ``metrics.jsonl``."""
+
+    round: int
+    accuracy: float
+    loss: float
+    epsilon: float | None
+    bytes_up: int
+    bytes_down: int
+    seconds: float
+    train_loss: float | None
+    sampled: int
+    accepted: int
+    rejected: int
+    failed: int
+    problems: tuple[str, ...] = ()  # why replies failed or were rejected (first few)
+
+
+@dataclass(frozen=True)
+class FinalState:
+    """What the server hands back when the run ends."""
+
+    arrays: ArrayRecord
+    rejected_total: int
+    # node id -> latest DP report of that client (epsilon, delta, noise-multiplier, ...)
+    client_privacy: dict[int, dict[str, float]]
+
+
+RoundObserver = Callable[[RoundRecord], None]
+FinishObserver = Callable[[FinalState], None]
+
+
+def make_server_app(
+    plan: ServerPlan, on_round: RoundObserver, on_finish: FinishObserver
+) -> ServerApp:
+    """Build a ServerApp that reports each round to ``on_round`` and the model to ``on_finish``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:  # noqa: ARG001  (Flower's signature)
+        cp = plan.client
+        random.seed(cp.seed)  # Flower samples nodes with the global `random`
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        split = load_dataset(cp.data.dataset, cp.data.validation_fraction, cp.data.split_seed)
+        model = build_model(cp.model, cp.input_shape, cp.num_classes, seed=cp.seed)
+        initial = ArrayRecord(model.state_dict())
+        strategy = ValidatingFedAvg(
+            reference=reference_of({k: v.numpy() for k, v in initial.items()}),
+            max_examples=plan.max_examples,
+            fraction_train=plan.clients_per_round / plan.num_clients,
+            min_train_nodes=plan.clients_per_round,
+            min_available_nodes=plan.num_clients,
+            fraction_evaluate=0.0,  # central evaluation on the validation split instead
+        )
+        worst_eps: list[float] = []
+        started = [time.perf_counter()]
+
+        def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            accuracy, loss = evaluate(model, split.validation)
+            if server_round > 0:
+                stats = strategy.stats.get(server_round, RoundStats())
+                if stats.epsilon is not None:
+                    worst_eps.append(max([stats.epsilon, *worst_eps]))
+                now = time.perf_counter()
+                on_round(
+                    RoundRecord(
+                        round=server_round,
+                        accuracy=accuracy,
+                        loss=loss if np.isfinite(loss) else float("nan"),
+                        epsilon=worst_eps[-1] if worst_eps else None,
+                        bytes_up=stats.bytes_up,
+                        bytes_down=stats.bytes_down,
+                        seconds=now - started[0],
+                        train_loss=stats.train_loss,
+                        sampled=stats.sampled,
+                        accepted=stats.accepted,
+                        rejected=stats.rejected,
+                        failed=stats.failed,
+                        problems=tuple(stats.reasons[:5]),
+                    )
+                )
+                started[0] = now
+            return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=cp.num_rounds,
+            timeout=plan.round_timeout_s,
+            train_config=plan_config(cp),
+            evaluate_fn=evaluate_fn,
+        )
+        on_finish(
+            FinalState(
+                arrays=result.arrays if len(result.arrays) else initial,
+                rejected_total=strategy.rejected_total,
+                client_privacy=strategy.client_privacy,
+            )
+        )
+
+    return app

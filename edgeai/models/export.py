@@ -1,0 +1,53 @@
+"""Export a model to ONNX: fp32, dynamic batch, a single file, normalization inside."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+OPSET = 18
+# The exporter warns about every torchvision op it cannot register; we use none.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
+    """Write ``model`` to ``path`` with the torch (dynamo) exporter, atomically.
+
+    The graph takes float32 ``input`` (N, *input_shape) in [0, 1] and returns
+    ``logits`` (N, classes); N is dynamic.
+    """
+    model = model.eval()
+    example = (torch.rand(2, *input_shape),)
+    batch = torch.export.Dim("batch", min=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model,
+                example,
+                dynamo=True,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+                opset_version=OPSET,
+                verbose=False,
+            )
+        if program is None:
+            raise RuntimeError("torch.onnx.export returned no program")
+        program.save(tmp, external_data=False)
+        onnx.checker.check_model(tmp, full_check=True)
+        Path(tmp).chmod(0o644)
+        Path(tmp).replace(path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path

@@ -1,0 +1,11 @@
+"""Differential privacy: device-level DP-SGD (Opacus) and its accounting."""
+
+from edgeai.privacy.accounting import (
+    ACCOUNTANTS,
+    PrivacySpend,
+    epsilon_for,
+    noise_for_target,
+)
+from edgeai.privacy.config import PrivacyConfig
+
+__all__ = ["ACCOUNTANTS", "PrivacyConfig", "PrivacySpend", "epsilon_for", "noise_for_target"]

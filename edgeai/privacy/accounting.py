@@ -1,0 +1,88 @@
+"""Pure privacy accounting over a DP-SGD history, through Opacus' accountants.
+
+A history is a list of ``(noise_multiplier, sample_rate, steps)`` — the same
+form Opacus keeps — so it can be stored as plain numbers and recomputed by
+anyone with an independent library.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from edgeai.errors import PrivacyError
+
+ACCOUNTANTS = ("rdp", "prv")
+History = Sequence[tuple[float, float, int]]
+# Opacus' default RDP orders stop at 63; large-σ, few-step regimes (a device that
+# trains a few rounds) are tightest at higher orders, so we extend the grid.
+RDP_ORDERS = tuple(
+    [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 96, 128, 192, 256, 512, 1024]
+)
+
+
+@dataclass(frozen=True)
+class PrivacySpend:
+    """What one client has spent: enough to recompute ε independently."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    epsilon: float
+    accountant: str
+
+
+def _accountant(name: str, history: History):  # type: ignore[no-untyped-def]
+    from opacus.accountants import create_accountant  # noqa: PLC0415  (train extra)
+
+    if name not in ACCOUNTANTS:
+        raise PrivacyError(f"unknown accountant {name!r}; choose one of {', '.join(ACCOUNTANTS)}")
+    acc = create_accountant(mechanism=name)
+    acc.history = [(float(s), float(q), int(n)) for s, q, n in history if n > 0]
+    return acc
+
+
+def epsilon_for(history: History, delta: float, accountant: str = "rdp") -> float:
+    """ε at ``delta`` after every step in ``history`` (0 for an empty history)."""
+    steps = [(s, q, n) for s, q, n in history if n > 0]
+    if not steps:
+        return 0.0
+    if any(s == 0 for s, _, _ in steps):
+        return math.inf
+    acc = _accountant(accountant, steps)
+    if accountant == "rdp":
+        return float(acc.get_epsilon(delta=delta, alphas=list(RDP_ORDERS)))
+    return float(acc.get_epsilon(delta=delta))
+
+
+@lru_cache(maxsize=256)
+def noise_for_target(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
+) -> float:
+    """The smallest noise multiplier σ that keeps ε ≤ ``target_epsilon`` after ``steps``."""
+    from opacus.accountants.utils import get_noise_multiplier  # noqa: PLC0415
+
+    if not 0 < sample_rate <= 1:
+        raise PrivacyError(f"sample rate must be in (0, 1]; got {sample_rate}")
+    if steps < 1:
+        raise PrivacyError(f"steps must be >= 1; got {steps}")
+    try:
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=0.005,
+                **({"alphas": list(RDP_ORDERS)} if accountant == "rdp" else {}),
+            )
+        )
+    except ValueError as exc:
+        raise PrivacyError(
+            f"cannot reach ε = {target_epsilon} at δ = {delta} with sample rate {sample_rate:.4g} "
+            f"over {steps} steps: {exc}; raise target_epsilon or lower the number of steps"
+        ) from exc

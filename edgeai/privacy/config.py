@@ -1,0 +1,44 @@
+"""Settings of device-level DP-SGD, validated when read."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from edgeai.configfile import Frozen
+from edgeai.errors import ConfigError
+
+
+class PrivacyConfig(Frozen):
+    """DP-SGD on every device: clip each sample's gradient to ``max_grad_norm``, add noise.
+
+    Give either ``noise_multiplier`` (σ) or ``target_epsilon`` (σ is then derived
+    so that a client that joins every round spends at most ``target_epsilon`` at
+    ``delta`` by the end of the run).
+    """
+
+    enabled: bool = False
+    noise_multiplier: float | None = Field(default=None, ge=0)
+    target_epsilon: float | None = Field(default=None, gt=0)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    # Opacus' per-sample gradient engine: "hooks" (default) or "ghost" (ghost clipping).
+    grad_sample_mode: Literal["hooks", "ghost", "functorch"] = "hooks"
+
+    @model_validator(mode="after")
+    def _exactly_one_noise_source(self) -> PrivacyConfig:
+        if not self.enabled:
+            return self
+        if self.noise_multiplier is None and self.target_epsilon is None:
+            raise ConfigError(
+                "privacy is enabled but neither noise_multiplier nor target_epsilon is set; "
+                "set one of them"
+            )
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise ConfigError(
+                "noise_multiplier and target_epsilon contradict each other; "
+                "set only one (target_epsilon derives the noise)"
+            )
+        return self

@@ -1,0 +1,91 @@
+"""What ``edgeai simulate`` shows: a progress bar per round and a table at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgeai.fl.server_app import RoundRecord
+from edgeai.simulation.config import Experiment
+from edgeai.simulation.outputs import write_outputs
+from edgeai.simulation.runner import SimulationResult, run_experiment
+
+
+def _eps(value: float | None) -> str:
+    return "∞ (no DP)" if value is None else f"{value:.2f}"
+
+
+def run_with_progress(exp: Experiment, out_dir: Path, console: Console) -> SimulationResult:
+    """Run ``exp`` showing progress, write its results to ``out_dir``, print a summary."""
+    fed = exp.federation
+    dp = (
+        f"DP-SGD (target ε={exp.privacy.target_epsilon}, δ={exp.privacy.delta})"
+        if exp.privacy.enabled and exp.privacy.target_epsilon
+        else f"DP-SGD (σ={exp.privacy.noise_multiplier})"
+        if exp.privacy.enabled
+        else "no DP"
+    )
+    console.print(
+        f"[bold]{exp.name}[/]: {exp.model.name} on {Path(exp.data.dataset).name}, "
+        f"{fed.num_clients} clients ({fed.per_round} per round, {exp.data.partition.kind}), "
+        f"{fed.rounds} rounds, {dp}"
+    )
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("starting engine", total=fed.rounds, status="")
+
+        def on_round(r: RoundRecord) -> None:
+            status = f"acc {100 * r.accuracy:.2f}%  ε {_eps(r.epsilon)}"
+            if r.rejected or r.failed:
+                status += f"  [yellow]rejected {r.rejected} failed {r.failed}[/]"
+            progress.update(task, advance=1, description="round", status=status)
+
+        result = run_experiment(exp, on_round=on_round)
+    paths = write_outputs(result, out_dir)
+    console.print(summary_table(result))
+    console.print(f"Results written to [bold]{out_dir}[/]:")
+    for path in paths.values():
+        console.print(f"  {path}")
+    return result
+
+
+def summary_table(result: SimulationResult) -> Table:
+    """A rich table of the run, one row per round (the last ten) and totals."""
+    table = Table(title=f"{result.experiment.name}: results", show_lines=False)
+    for col in (
+        "round",
+        "accuracy",
+        "loss",
+        "ε (worst client)",
+        "clients ok",
+        "rejected",
+        "seconds",
+    ):
+        table.add_column(col, justify="right")
+    rows = result.rounds if len(result.rounds) <= 10 else result.rounds[-10:]
+    for r in rows:
+        table.add_row(
+            str(r.round),
+            f"{100 * r.accuracy:.2f}%",
+            f"{r.loss:.4f}",
+            _eps(r.epsilon),
+            f"{r.accepted}/{r.sampled}",
+            str(r.rejected),
+            f"{r.seconds:.1f}",
+        )
+    best = max(result.rounds, key=lambda r: r.accuracy)
+    table.caption = (
+        f"final accuracy {100 * result.rounds[-1].accuracy:.2f}% (best {100 * best.accuracy:.2f}% "
+        f"at round {best.round}); total {result.total_seconds:.0f} s"
+    )
+    return table

@@ -1,0 +1,137 @@
+"""Write a simulation's results: metrics.jsonl, summary.json, model.onnx and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from edgeai.fl.server_app import RoundRecord
+from edgeai.simulation.runner import SimulationResult
+
+
+def _finite_or_none(value: Any) -> Any:
+    # JSON has no NaN/Infinity; a missing ε (no DP) or a diverged loss becomes null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def round_json(record: RoundRecord) -> str:
+    """One ``metrics.jsonl`` line."""
+    return json.dumps({k: _finite_or_none(v) for k, v in asdict(record).items()})
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    """Write ``obj`` as pretty JSON, atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_finite_or_none) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def plot_rounds(records: Sequence[RoundRecord], out_dir: Path) -> list[Path]:
+    """Plot validation accuracy and ε per round; return the PNG paths."""
+    import matplotlib as mpl  # noqa: PLC0415  (train extra; slow import)
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    rounds = [r.round for r in records]
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(rounds, [100 * r.accuracy for r in records], marker="o", ms=3)
+    ax.set(xlabel="round", ylabel="validation accuracy (%)", title="Accuracy per round")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(out_dir / "accuracy.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    eps = [r.epsilon for r in records]
+    if any(e is not None for e in eps):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(
+            rounds,
+            [e if e is not None else float("nan") for e in eps],
+            marker="o",
+            ms=3,
+            color="C3",
+        )
+        ax.set(xlabel="round", ylabel="ε (worst client)", title="Privacy spent per round")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(out_dir / "epsilon.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+def privacy_summary(result: SimulationResult) -> dict[str, Any] | None:
+    """The device-level DP-SGD spend of the most-exposed client (DESIGN.md §5)."""
+    exp = result.experiment
+    if not exp.privacy.enabled or result.final is None or not result.final.client_privacy:
+        return None
+    worst = max(result.final.client_privacy.values(), key=lambda p: p["epsilon"])
+    return {
+        "scope": "sample-level DP-SGD on the device (Opacus), most-exposed client",
+        "noise_multiplier": worst["noise-multiplier"],
+        "sample_rate": worst["sample-rate"],
+        "steps": int(worst["dp-steps"]),
+        "delta": worst["delta"],
+        "epsilon": worst["epsilon"],
+        "accountant": exp.privacy.accountant,
+        "max_grad_norm": exp.privacy.max_grad_norm,
+        "poisson_sampling": True,
+    }
+
+
+def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
+    """Write the output contract of DESIGN.md §5 into ``out_dir``; return the paths."""
+    from edgeai.models import build_model  # noqa: PLC0415  (torch)
+    from edgeai.models.export import export_onnx  # noqa: PLC0415
+
+    if result.final is None:
+        raise ValueError("the simulation has no final model to write")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exp, plan = result.experiment, result.plan
+    paths = {"metrics": out_dir / "metrics.jsonl", "summary": out_dir / "summary.json"}
+    tmp = paths["metrics"].with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(round_json(r) + "\n" for r in result.rounds), encoding="utf-8")
+    tmp.replace(paths["metrics"])
+
+    model = build_model(plan.model, plan.input_shape, plan.num_classes)
+    model.load_state_dict(result.final.arrays.to_torch_state_dict())
+    paths["model"] = export_onnx(model, plan.input_shape, out_dir / "model.onnx")
+    for png in plot_rounds(result.rounds, out_dir):
+        paths[png.stem] = png
+
+    last = result.rounds[-1]
+    best = max(result.rounds, key=lambda r: r.accuracy)
+    write_json(
+        paths["summary"],
+        {
+            "experiment": exp.name,
+            "rounds": len(result.rounds),
+            "accuracy": last.accuracy,
+            "loss": last.loss,
+            "best_accuracy": best.accuracy,
+            "best_round": best.round,
+            "epsilon": last.epsilon,
+            "delta": exp.privacy.delta if exp.privacy.enabled else None,
+            "privacy": privacy_summary(result),
+            "rejected_replies": result.final.rejected_total,
+            "bytes_up": sum(r.bytes_up for r in result.rounds),
+            "bytes_down": sum(r.bytes_down for r in result.rounds),
+            "startup_seconds": result.startup_seconds,
+            "total_seconds": result.total_seconds,
+            "model": {
+                "name": plan.model,
+                "input_shape": list(plan.input_shape),
+                "num_classes": plan.num_classes,
+            },
+            "config": exp.model_dump(mode="json"),
+        },
+    )
+    return paths

@@ -1,0 +1,129 @@
+"""Run an experiment on Flower's Simulation Engine (Ray) and write its results."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.clientapp import ClientApp
+
+from edgeai.data.datasets import load_dataset
+from edgeai.errors import SimulationError
+from edgeai.fl.client_app import app as default_client_app
+from edgeai.fl.client_app import warm_partitions
+from edgeai.fl.plan import ClientPlan
+from edgeai.fl.server_app import FinalState, RoundRecord, ServerPlan, make_server_app
+from edgeai.simulation.config import Experiment
+
+
+@dataclass
+class SimulationResult:
+    """Everything a run produced, in memory; ``write_outputs`` puts it on disk."""
+
+    experiment: Experiment
+    plan: ClientPlan
+    rounds: list[RoundRecord] = field(default_factory=list)
+    final: FinalState | None = None
+    startup_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+
+def client_plan(exp: Experiment) -> tuple[ClientPlan, int]:
+    """The plan every client receives (the data's shape filled in), and the training-set size."""
+    split = load_dataset(exp.data.dataset, exp.data.validation_fraction, exp.data.split_seed)
+    return ClientPlan(
+        model=exp.model.name,
+        input_shape=split.train.input_shape,
+        num_classes=split.train.num_classes,
+        data=exp.data,
+        training=exp.training,
+        privacy=exp.privacy,
+        num_rounds=exp.federation.rounds,
+        seed=exp.seed,
+    ), len(split.train)
+
+
+def backend_config(exp: Experiment) -> dict[str, Any]:
+    """Flower's Ray backend settings for this experiment."""
+    sim = exp.simulation
+    init_args: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if sim.ray_address:
+        init_args["address"] = sim.ray_address
+    elif sim.num_cpus is not None:
+        init_args["num_cpus"] = sim.num_cpus
+    return {
+        "client_resources": {"num_cpus": sim.cpus_per_client, "num_gpus": 0.0},
+        "init_args": init_args,
+    }
+
+
+def run_experiment(
+    exp: Experiment,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    client_app: ClientApp | None = None,
+) -> SimulationResult:
+    """Run ``exp`` through Flower's simulation engine; blocks until the last round.
+
+    ``client_app`` replaces the standard ClientApp (tests use it to inject faults);
+    it must live in an importable module, not ``__main__``.
+    """
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    from flwr.simulation import run_simulation  # noqa: PLC0415  (slow import, train extra)
+
+    t0 = time.perf_counter()
+    plan, n_train = client_plan(exp)
+    result = SimulationResult(experiment=exp, plan=plan)
+
+    def round_done(record: RoundRecord) -> None:
+        if record.accepted == 0:
+            # Nothing to aggregate: a misconfigured client fails the same way every round.
+            first = record.problems[0] if record.problems else "no replies"
+            raise SimulationError(f"round {record.round}: no client reply was usable; {first}")
+        if not result.rounds:
+            result.startup_seconds = time.perf_counter() - t0 - record.seconds
+        result.rounds.append(record)
+        if on_round is not None:
+            on_round(record)
+
+    def finished(state: FinalState) -> None:
+        result.final = state
+
+    server_plan = ServerPlan(
+        client=plan,
+        num_clients=exp.federation.num_clients,
+        clients_per_round=exp.federation.per_round,
+        round_timeout_s=exp.federation.round_timeout_s,
+        max_examples=n_train,
+    )
+    # Partition while Ray starts: the workers then read it from the on-disk cache.
+    threading.Thread(
+        target=warm_partitions, args=(plan, exp.federation.num_clients), daemon=True
+    ).start()
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # run_simulation's deprecation notice; see ARCHITECTURE.md
+        try:
+            run_simulation(
+                server_app=make_server_app(server_plan, round_done, finished),
+                client_app=client_app or default_client_app,
+                num_supernodes=exp.federation.num_clients,
+                backend_config=backend_config(exp),
+            )
+        except Exception as exc:
+            raise SimulationError(f"simulation of {exp.name!r} failed: {exc}") from exc
+    if result.final is None or len(result.rounds) != exp.federation.rounds:
+        raise SimulationError(
+            f"simulation of {exp.name!r} ended after {len(result.rounds)} of "
+            f"{exp.federation.rounds} rounds; see the log above"
+        )
+    result.total_seconds = time.perf_counter() - t0
+    return result
