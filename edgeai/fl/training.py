@@ -55,7 +55,7 @@ def train_plain(
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
             steps += 1
     return TrainResult(len(y), total / max(steps, 1), steps)
 
@@ -130,12 +130,12 @@ def train_dp(
             if done >= steps:
                 break
             opt.zero_grad(set_to_none=True)
-            if len(yb) == 0:  # an empty Poisson batch is still a step of the mechanism
-                opt.step()
-            else:
-                loss = loss_fn(dp_model(xb), yb)
-                loss.backward()
-                opt.step()
+            # An empty Poisson batch is still a step of the mechanism: Opacus takes the
+            # zero-length per-sample gradients, adds the noise and accounts for the step.
+            loss = loss_fn(dp_model(xb), yb)
+            loss.backward()
+            opt.step()
+            if len(yb):
                 total += float(loss.detach())
             done += 1
     unwrapped: nn.Module = dp_model._module

@@ -1,0 +1,1 @@
+"""Simulation mode: many virtual devices on Flower's simulation engine (Ray)."""

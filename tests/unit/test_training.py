@@ -1,0 +1,100 @@
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeai.data import load_dataset
+from edgeai.fl.client_app import local_train
+from edgeai.fl.plan import ClientPlan, DataConfig, TrainingConfig
+from edgeai.fl.training import evaluate, seeded_generator, train_dp, train_plain
+from edgeai.models import build_model
+from edgeai.privacy import PrivacyConfig, epsilon_for
+
+
+@pytest.fixture(scope="module")
+def small() -> tuple[np.ndarray, np.ndarray]:
+    split = load_dataset("mnist")
+    return split.train.x[:300], split.train.y[:300]
+
+
+def _plan(privacy: PrivacyConfig, **training: float) -> ClientPlan:
+    return ClientPlan(
+        model="dp-cnn",
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        data=DataConfig(),
+        training=TrainingConfig(**training),  # type: ignore[arg-type]
+        privacy=privacy,
+        num_rounds=3,
+    )
+
+
+def test_plan_survives_the_wire_exactly() -> None:
+    from edgeai.fl.client_app import PLAN_KEY, plan_config
+
+    plan = _plan(PrivacyConfig(enabled=True, target_epsilon=2.0), batch_size=16)
+    wire = str(plan_config(plan)[PLAN_KEY])
+    assert ClientPlan.model_validate_json(wire) == plan
+
+
+def test_plain_training_learns(small: tuple[np.ndarray, np.ndarray]) -> None:
+    from edgeai.data.datasets import ArrayDataset
+
+    data = ArrayDataset(small[0], small[1], 10)
+    model = build_model("fedavg-2nn", (1, 28, 28), 10, seed=0)
+    before, _ = evaluate(model, data)
+    result = train_plain(model, data, TrainingConfig(local_epochs=3, batch_size=16, learning_rate=0.1), seeded_generator(0))
+    after, _ = evaluate(model, data)
+    assert result.steps == 3 * math.ceil(300 / 16)
+    assert after > before + 0.4
+
+
+def test_dp_training_reports_the_mechanism_and_meets_the_target(small: tuple[np.ndarray, np.ndarray]) -> None:
+    from edgeai.data.datasets import ArrayDataset
+
+    data = ArrayDataset(small[0], small[1], 10)
+    privacy = PrivacyConfig(enabled=True, target_epsilon=3.0, delta=1e-5)
+    model = build_model("dp-cnn", (1, 28, 28), 10, seed=0)
+    trained, result = train_dp(
+        model, data, TrainingConfig(batch_size=30, learning_rate=1.0), privacy,
+        num_rounds=4, generator=seeded_generator(1),
+    )
+    assert result.sample_rate == pytest.approx(30 / 300)
+    assert result.steps == 10
+    assert result.noise_multiplier > 0.5
+    # four such rounds (the calibration horizon) stay within the target
+    assert epsilon_for([(result.noise_multiplier, result.sample_rate, 4 * result.steps)], 1e-5) <= 3.0
+    assert all(torch.isfinite(p).all() for p in trained.parameters())
+    assert not hasattr(trained, "_module")  # unwrapped from Opacus
+
+
+def test_tiny_dp_batches_with_empty_poisson_draws_do_not_crash(small: tuple[np.ndarray, np.ndarray]) -> None:
+    from edgeai.data.datasets import ArrayDataset
+
+    data = ArrayDataset(small[0][:20], small[1][:20], 10)  # q = 1/20: empty batches are likely
+    privacy = PrivacyConfig(enabled=True, noise_multiplier=1.0)
+    model = build_model("dp-cnn", (1, 28, 28), 10, seed=0)
+    trained, result = train_dp(
+        model, data, TrainingConfig(batch_size=1, local_epochs=3), privacy,
+        num_rounds=1, generator=seeded_generator(2),
+    )
+    assert result.steps == 60
+    assert all(torch.isfinite(p).all() for p in trained.parameters())
+
+
+def test_a_device_trains_on_its_own_npz(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    path = tmp_path / "local.npz"
+    np.savez(path, X=(small[0][:, 0] * 255).astype(np.uint8), y=small[1])
+    plan = _plan(PrivacyConfig(enabled=True, target_epsilon=3.0), batch_size=30)
+    model = build_model("dp-cnn", (1, 28, 28), 10, seed=0)
+    state, metrics, history = local_train(plan, model.state_dict(), {"data-path": str(path)}, [], 1)
+    assert metrics["num-examples"] == 300
+    assert len(history) == 1
+    assert metrics["epsilon"] == pytest.approx(epsilon_for(history, 1e-5))
+    state2, metrics2, history2 = local_train(plan, state, {"data-path": str(path)}, history, 2)
+    assert len(history2) == 2
+    assert metrics2["epsilon"] > metrics["epsilon"]
+    assert metrics2["dp-steps"] == 2 * metrics["dp-steps"]
+    assert set(state2) == set(state)
