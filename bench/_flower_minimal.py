@@ -16,7 +16,7 @@ client = ClientApp()
 
 
 @client.train()
-def train(msg: Message, context: Context) -> Message:
+def train(msg: Message, _context: Context) -> Message:
     arrays = msg.content.array_records["arrays"]
     return Message(
         RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})}),
@@ -28,7 +28,7 @@ def run(clients: int, rounds: int, on_round: Callable[[], None]) -> None:
     server = ServerApp()
 
     @server.main()
-    def main(grid: Grid, context: Context) -> None:
+    def main(grid: Grid, _context: Context) -> None:
         strategy = FedAvg(fraction_evaluate=0.0, min_available_nodes=clients)
         initial = ArrayRecord([np.zeros(26010, np.float32)])
 

@@ -50,7 +50,9 @@ def main() -> None:
     for epochs, ours, ref, _, _ in rows:
         print(f"{epochs:>3} {ours:>15.2f} {ref:>20.2f} {ours / ref:>6.2f}x")
     for epochs, _, _, sim_total, seq_total in rows:
-        print(f"E={epochs}: whole run {sim_total:.1f} s (edgeai) vs {seq_total:.1f} s (plain torch)")
+        print(
+            f"E={epochs}: whole run {sim_total:.1f} s (edgeai) vs {seq_total:.1f} s (plain torch)"
+        )
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ simulation engine (Ray) with the same number of virtual clients:
 - **edgeai**: ``edgeai simulate`` on simulations/quickstart.toml (data,
   partitions, DP-SGD, reply validation).
 
-Start-up = (end of round 1 − process launch) − a steady round's duration.
+Start-up = (end of round 1 - process launch) - a steady round's duration.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -43,7 +44,7 @@ def launch(args: list[str]) -> tuple[float, list[float]]:
     )
     ends = [json.loads(line)["t"] for line in Path(marks).read_text().splitlines()]
     Path(marks).unlink()
-    rounds = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    rounds = [b - a for a, b in itertools.pairwise(ends)]
     return ends[0] - t0, rounds
 
 

@@ -42,6 +42,7 @@ def run_sequential(exp: Experiment, threads: int = 1, ema: float = 0.0) -> Itera
     rng = random.Random(plan.seed)
     k = exp.federation.num_clients
     worst: float | None = None
+    avg: dict[str, torch.Tensor] = {}
     for rnd in range(1, exp.federation.rounds + 1):
         t0 = time.perf_counter()
         chosen = sorted(rng.sample(range(k), exp.federation.per_round))

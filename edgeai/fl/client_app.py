@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -65,8 +66,6 @@ def local_data(plan: ClientPlan, node_config: Mapping[str, object]) -> ArrayData
 @lru_cache(maxsize=2)
 def load_npz_cached(path: str) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Read a device's data file once per process."""
-    from pathlib import Path  # noqa: PLC0415
-
     return load_npz(Path(path))
 
 
@@ -118,9 +117,12 @@ def local_train(
     gen = seeded_generator(plan.seed, server_round, node)
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     metrics: dict[str, int | float] = {}
+    training = plan.training.model_copy(
+        update={"learning_rate": plan.training.learning_rate_at(server_round, plan.num_rounds)}
+    )
     if plan.privacy.enabled:
         model, result = train_dp(
-            model, data, plan.training, plan.privacy, num_rounds=plan.num_rounds, generator=gen
+            model, data, training, plan.privacy, num_rounds=plan.num_rounds, generator=gen
         )
         history = [*history, (result.noise_multiplier, result.sample_rate, result.steps)]
         metrics |= {
@@ -131,7 +133,7 @@ def local_train(
             "dp-steps": sum(h[2] for h in history),
         }
     else:
-        result = train_plain(model, data, plan.training, gen)
+        result = train_plain(model, data, training, gen)
     metrics |= {
         "num-examples": result.num_examples,
         "train-loss": result.loss if math.isfinite(result.loss) else -1.0,

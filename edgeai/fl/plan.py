@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 from pydantic import Field
 
 from edgeai.configfile import Frozen
@@ -26,6 +29,15 @@ class TrainingConfig(Frozen):
     learning_rate: float = Field(default=0.05, gt=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
+    # "cosine": the learning rate decays over the rounds to 0 (less noise late in DP runs).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+
+    def learning_rate_at(self, server_round: int, num_rounds: int) -> float:
+        """The learning rate of round ``server_round`` (1-based) of ``num_rounds``."""
+        if self.lr_schedule == "constant" or num_rounds <= 1:
+            return self.learning_rate
+        progress = min(max(server_round - 1, 0), num_rounds - 1) / (num_rounds - 1)
+        return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class ClientPlan(Frozen):

@@ -47,7 +47,13 @@ def _accountant(name: str, history: History):  # type: ignore[no-untyped-def]
 
 def epsilon_for(history: History, delta: float, accountant: str = "rdp") -> float:
     """ε at ``delta`` after every step in ``history`` (0 for an empty history)."""
-    steps = [(s, q, n) for s, q, n in history if n > 0]
+    # Composition over identical (σ, q) segments is additive in the steps: merge them,
+    # so a device's ε costs the same to compute in round 500 as in round 1.
+    merged: dict[tuple[float, float], int] = {}
+    for s, q, n in history:
+        if n > 0:
+            merged[(float(s), float(q))] = merged.get((float(s), float(q)), 0) + int(n)
+    steps = [(s, q, n) for (s, q), n in merged.items()]
     if not steps:
         return 0.0
     if any(s == 0 for s, _, _ in steps):

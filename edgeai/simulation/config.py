@@ -13,7 +13,12 @@ from edgeai.errors import ConfigError
 from edgeai.fl.plan import DataConfig, TrainingConfig
 from edgeai.privacy.config import PrivacyConfig
 
-MODEL_NAMES = ("dp-cnn", "fedavg-2nn", "fedavg-cnn")  # kept in step with edgeai.models (tested)
+MODEL_NAMES = (
+    "dp-cnn",
+    "dp-cnn-tiny",
+    "fedavg-2nn",
+    "fedavg-cnn",
+)  # kept in step with edgeai.models (tested)
 
 
 class FederationConfig(Frozen):

@@ -108,7 +108,9 @@ def run_experiment(
     threading.Thread(
         target=warm_partitions, args=(plan, exp.federation.num_clients), daemon=True
     ).start()
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    # Flower logs every round at INFO and warns that run_simulation is deprecated (see
+    # docs/ARCHITECTURE.md); our own view reports progress, so keep only its errors.
+    logging.getLogger("flwr").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # run_simulation's deprecation notice; see ARCHITECTURE.md
         try:

@@ -56,10 +56,19 @@ def test_typo_names_file_field_and_suggests_the_fix(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("patch", "field", "fragment"),
     [
-        ("[federation]\nnum_clients = 4\nrounds = 0", "federation.rounds", "greater than or equal to 1"),
-        ("[federation]\nnum_clients = 4\nrounds = 2\nclients_per_round = 9", "federation", "exceeds num_clients"),
         (
-            "[federation]\nnum_clients = 4\nrounds = 2\nclients_per_round = 2\nfraction_per_round = 0.5",
+            "[federation]\nnum_clients = 4\nrounds = 0",
+            "federation.rounds",
+            "greater than or equal to 1",
+        ),
+        (
+            "[federation]\nnum_clients = 4\nrounds = 2\nclients_per_round = 9",
+            "federation",
+            "exceeds num_clients",
+        ),
+        (
+            "[federation]\nnum_clients = 4\nrounds = 2\n"
+            "clients_per_round = 2\nfraction_per_round = 0.5",
             "federation",
             "not both",
         ),
@@ -84,7 +93,10 @@ def test_contradictory_privacy_settings(tmp_path: Path) -> None:
 
 
 def test_unknown_model_names_the_choices(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="model.name.*choose one of: dp-cnn, fedavg-2nn, fedavg-cnn"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.name.*choose one of: dp-cnn, dp-cnn-tiny, fedavg-2nn, fedavg-cnn",
+    ):
         load_experiment(write(tmp_path, MINIMAL.replace('"dp-cnn"', '"resnet50"')))
 
 

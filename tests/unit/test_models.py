@@ -18,7 +18,12 @@ def test_registry_and_config_agree() -> None:
 
 @pytest.mark.parametrize(
     ("name", "params"),
-    [("fedavg-cnn", 1_663_370), ("fedavg-2nn", 199_210), ("dp-cnn", 26_010)],
+    [
+        ("fedavg-cnn", 1_663_370),
+        ("fedavg-2nn", 199_210),
+        ("dp-cnn", 26_010),
+        ("dp-cnn-tiny", 4_874),
+    ],
 )
 def test_models_have_the_published_sizes(name: str, params: int) -> None:
     model = build_model(name, (1, 28, 28), 10)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from edgeai.data import load_dataset
-from edgeai.fl.client_app import local_train
+from edgeai.data.datasets import ArrayDataset
+from edgeai.fl.client_app import PLAN_KEY, local_train, plan_config
 from edgeai.fl.plan import ClientPlan, DataConfig, TrainingConfig
 from edgeai.fl.training import evaluate, seeded_generator, train_dp, train_plain
 from edgeai.models import build_model
@@ -32,59 +33,72 @@ def _plan(privacy: PrivacyConfig, **training: float) -> ClientPlan:
 
 
 def test_plan_survives_the_wire_exactly() -> None:
-    from edgeai.fl.client_app import PLAN_KEY, plan_config
-
     plan = _plan(PrivacyConfig(enabled=True, target_epsilon=2.0), batch_size=16)
     wire = str(plan_config(plan)[PLAN_KEY])
     assert ClientPlan.model_validate_json(wire) == plan
 
 
 def test_plain_training_learns(small: tuple[np.ndarray, np.ndarray]) -> None:
-    from edgeai.data.datasets import ArrayDataset
-
     data = ArrayDataset(small[0], small[1], 10)
     model = build_model("fedavg-2nn", (1, 28, 28), 10, seed=0)
     before, _ = evaluate(model, data)
-    result = train_plain(model, data, TrainingConfig(local_epochs=3, batch_size=16, learning_rate=0.1), seeded_generator(0))
+    result = train_plain(
+        model,
+        data,
+        TrainingConfig(local_epochs=3, batch_size=16, learning_rate=0.1),
+        seeded_generator(0),
+    )
     after, _ = evaluate(model, data)
     assert result.steps == 3 * math.ceil(300 / 16)
     assert after > before + 0.4
 
 
-def test_dp_training_reports_the_mechanism_and_meets_the_target(small: tuple[np.ndarray, np.ndarray]) -> None:
-    from edgeai.data.datasets import ArrayDataset
-
+def test_dp_training_reports_the_mechanism_and_meets_the_target(
+    small: tuple[np.ndarray, np.ndarray],
+) -> None:
     data = ArrayDataset(small[0], small[1], 10)
     privacy = PrivacyConfig(enabled=True, target_epsilon=3.0, delta=1e-5)
     model = build_model("dp-cnn", (1, 28, 28), 10, seed=0)
     trained, result = train_dp(
-        model, data, TrainingConfig(batch_size=30, learning_rate=1.0), privacy,
-        num_rounds=4, generator=seeded_generator(1),
+        model,
+        data,
+        TrainingConfig(batch_size=30, learning_rate=1.0),
+        privacy,
+        num_rounds=4,
+        generator=seeded_generator(1),
     )
     assert result.sample_rate == pytest.approx(30 / 300)
     assert result.steps == 10
     assert result.noise_multiplier > 0.5
     # four such rounds (the calibration horizon) stay within the target
-    assert epsilon_for([(result.noise_multiplier, result.sample_rate, 4 * result.steps)], 1e-5) <= 3.0
+    assert (
+        epsilon_for([(result.noise_multiplier, result.sample_rate, 4 * result.steps)], 1e-5) <= 3.0
+    )
     assert all(torch.isfinite(p).all() for p in trained.parameters())
     assert not hasattr(trained, "_module")  # unwrapped from Opacus
 
 
-def test_tiny_dp_batches_with_empty_poisson_draws_do_not_crash(small: tuple[np.ndarray, np.ndarray]) -> None:
-    from edgeai.data.datasets import ArrayDataset
-
+def test_tiny_dp_batches_with_empty_poisson_draws_do_not_crash(
+    small: tuple[np.ndarray, np.ndarray],
+) -> None:
     data = ArrayDataset(small[0][:20], small[1][:20], 10)  # q = 1/20: empty batches are likely
     privacy = PrivacyConfig(enabled=True, noise_multiplier=1.0)
     model = build_model("dp-cnn", (1, 28, 28), 10, seed=0)
     trained, result = train_dp(
-        model, data, TrainingConfig(batch_size=1, local_epochs=3), privacy,
-        num_rounds=1, generator=seeded_generator(2),
+        model,
+        data,
+        TrainingConfig(batch_size=1, local_epochs=3),
+        privacy,
+        num_rounds=1,
+        generator=seeded_generator(2),
     )
     assert result.steps == 60
     assert all(torch.isfinite(p).all() for p in trained.parameters())
 
 
-def test_a_device_trains_on_its_own_npz(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_a_device_trains_on_its_own_npz(
+    tmp_path: Path, small: tuple[np.ndarray, np.ndarray]
+) -> None:
     path = tmp_path / "local.npz"
     np.savez(path, X=(small[0][:, 0] * 255).astype(np.uint8), y=small[1])
     plan = _plan(PrivacyConfig(enabled=True, target_epsilon=3.0), batch_size=30)
@@ -98,3 +112,12 @@ def test_a_device_trains_on_its_own_npz(tmp_path: Path, small: tuple[np.ndarray,
     assert metrics2["epsilon"] > metrics["epsilon"]
     assert metrics2["dp-steps"] == 2 * metrics["dp-steps"]
     assert set(state2) == set(state)
+
+
+def test_cosine_schedule_decays_from_the_rate_to_zero() -> None:
+    cfg = TrainingConfig(learning_rate=2.0, lr_schedule="cosine")
+    rates = [cfg.learning_rate_at(r, 5) for r in range(1, 6)]
+    assert rates[0] == pytest.approx(2.0)
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert rates == sorted(rates, reverse=True)
+    assert TrainingConfig(learning_rate=2.0).learning_rate_at(4, 5) == 2.0

@@ -1,0 +1,41 @@
+"""Summarise finished runs (results/<name>/) into markdown tables for docs/RESULTS.md.
+
+python simulations/report.py results/fedavg-cnn-iid results/dp-eps3 ...
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def rounds_to(metrics: list[dict[str, float]], target: float) -> str:
+    """The first round whose validation accuracy reaches ``target``."""
+    for m in metrics:
+        if m["accuracy"] >= target:
+            return str(int(m["round"]))
+    return f"not in {len(metrics)}"
+
+
+def main(dirs: list[str]) -> None:
+    print(
+        "| experiment | rounds | final acc. | best acc. | rounds to 95% | rounds to 97% | ε (worst client) | δ | s/round |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for d in map(Path, dirs):
+        summary = json.loads((d / "summary.json").read_text())
+        metrics = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        eps = summary["epsilon"]
+        steady = sorted(m["seconds"] for m in metrics[1:]) or [metrics[0]["seconds"]]
+        print(
+            f"| {summary['experiment']} | {summary['rounds']} | {100 * summary['accuracy']:.2f}% "
+            f"| {100 * summary['best_accuracy']:.2f}% (r{summary['best_round']}) "
+            f"| {rounds_to(metrics, 0.95)} | {rounds_to(metrics, 0.97)} "
+            f"| {'∞' if eps is None else f'{eps:.3f}'} | {summary['delta'] or '—'} "
+            f"| {steady[len(steady) // 2]:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
