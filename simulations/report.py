@@ -19,8 +19,10 @@ def rounds_to(metrics: list[dict[str, float]], target: float) -> str:
 
 
 def main(dirs: list[str]) -> None:
+    """Print one markdown row per results directory."""
     print(
-        "| experiment | rounds | final acc. | best acc. | rounds to 95% | rounds to 97% | ε (worst client) | δ | s/round |"
+        "| experiment | rounds | final acc. | best acc. | rounds to 95% | rounds to 97% "
+        "| ε (worst client) | δ | s/round |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for d in map(Path, dirs):

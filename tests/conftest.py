@@ -14,7 +14,9 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("EDGEAI_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
@@ -23,9 +25,7 @@ def _no_leaked_threads() -> Iterator[None]:
     """Fail a test that leaves a non-daemon thread running (a leaked server or engine)."""
     before = set(threading.enumerate())
     yield
-    leaked = [
-        t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon
-    ]
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
     for t in leaked:
         t.join(timeout=5)
     still = [t.name for t in leaked if t.is_alive()]

@@ -62,7 +62,9 @@ def test_two_rounds_four_clients_with_dp_through_the_cli(tmp_path: Path) -> None
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
     for r in rounds:
-        assert {"round", "accuracy", "loss", "epsilon", "bytes_up", "bytes_down", "seconds"} <= set(r)
+        assert {"round", "accuracy", "loss", "epsilon", "bytes_up", "bytes_down", "seconds"} <= set(
+            r
+        )
         assert r["accepted"] == 4
         assert r["rejected"] == 0
         assert r["bytes_up"] > 0

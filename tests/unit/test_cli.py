@@ -30,7 +30,8 @@ def _simulate(tmp_path: Path, text: str) -> tuple[int, str]:
 
 def test_malformed_experiment_exits_2_naming_the_field(tmp_path: Path) -> None:
     code, output = _simulate(
-        tmp_path, 'name = "x"\n[model]\nname = "dp-cnn"\n[federation]\nnum_clients = 0\nrounds = 1\n'
+        tmp_path,
+        'name = "x"\n[model]\nname = "dp-cnn"\n[federation]\nnum_clients = 0\nrounds = 1\n',
     )
     assert code == 2
     assert "federation.num_clients" in output

@@ -149,4 +149,6 @@ def test_partition_spec_rejects_options_of_other_kinds() -> None:
     with pytest.raises(ValueError, match="alpha applies only"):
         PartitionSpec.model_validate({"kind": "iid", "alpha": 0.3})
     with pytest.raises(ConfigError, match="classes"):
-        partition_indices(np.zeros(100, np.int64), 4, PartitionSpec(kind="labels", labels_per_client=3))
+        partition_indices(
+            np.zeros(100, np.int64), 4, PartitionSpec(kind="labels", labels_per_client=3)
+        )

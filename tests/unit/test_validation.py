@@ -40,9 +40,7 @@ def test_bad_updates_are_rejected_with_a_reason(
 
 
 @given(
-    st.lists(
-        st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=2, max_size=2
-    ),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=2, max_size=2),
     st.integers(-10, 200),
 )
 def test_accepted_updates_are_always_finite_and_sane(values: list[float], n: int) -> None:
