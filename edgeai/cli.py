@@ -7,6 +7,8 @@ device never imports torch.
 
 from __future__ import annotations
 
+import importlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -78,8 +80,8 @@ def simulate(
     (Ray), with DP-SGD on every virtual device when the experiment enables it,
     and writes metrics.jsonl, summary.json, model.onnx and plots to --out.
     """
-    from edgeai.simulation.cli_view import run_with_progress  # noqa: PLC0415  (slow)
     from edgeai.simulation.config import load_experiment  # noqa: PLC0415
+    from edgeai.simulation.engine import init_ray  # noqa: PLC0415
 
     overrides: dict[str, object] = {}
     if rounds is not None:
@@ -90,6 +92,11 @@ def simulate(
         exp = load_experiment(experiment, overrides)
     except EdgeAIError as exc:
         raise fail(exc) from None
+    # Boot Ray's processes while this one imports torch and Flower.
+    with ThreadPoolExecutor(1) as pool:
+        view = pool.submit(importlib.import_module, "edgeai.simulation.cli_view")
+        init_ray(exp.simulation)
+        run_with_progress = view.result().run_with_progress
     try:
         run_with_progress(exp, out, console)
     except EdgeAIError as exc:

@@ -20,6 +20,7 @@ from edgeai.fl.client_app import warm_partitions
 from edgeai.fl.plan import ClientPlan
 from edgeai.fl.server_app import FinalState, RoundRecord, ServerPlan, make_server_app
 from edgeai.simulation.config import Experiment
+from edgeai.simulation.engine import init_ray
 
 
 @dataclass
@@ -50,17 +51,8 @@ def client_plan(exp: Experiment) -> tuple[ClientPlan, int]:
 
 
 def backend_config(exp: Experiment) -> dict[str, Any]:
-    """Flower's Ray backend settings for this experiment."""
-    sim = exp.simulation
-    init_args: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
-    if sim.ray_address:
-        init_args["address"] = sim.ray_address
-    elif sim.num_cpus is not None:
-        init_args["num_cpus"] = sim.num_cpus
-    return {
-        "client_resources": {"num_cpus": sim.cpus_per_client, "num_gpus": 0.0},
-        "init_args": init_args,
-    }
+    """Flower's Ray backend settings for this experiment (Ray itself: ``init_ray``)."""
+    return {"client_resources": {"num_cpus": exp.simulation.cpus_per_client, "num_gpus": 0.0}}
 
 
 def run_experiment(
@@ -75,8 +67,6 @@ def run_experiment(
     """
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     from flwr.simulation import run_simulation  # noqa: PLC0415  (slow import, train extra)
 
     t0 = time.perf_counter()
@@ -108,6 +98,7 @@ def run_experiment(
     threading.Thread(
         target=warm_partitions, args=(plan, exp.federation.num_clients), daemon=True
     ).start()
+    init_ray(exp.simulation)
     # Flower logs every round at INFO and warns that run_simulation is deprecated (see
     # docs/ARCHITECTURE.md); our own view reports progress, so keep only its errors.
     logging.getLogger("flwr").setLevel(logging.ERROR)
