@@ -8,6 +8,7 @@ training code (``local_train``), same FedAvg weighting, same validation.
 from __future__ import annotations
 
 import random
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from edgeai.data.datasets import load_dataset
-from edgeai.fl.client_app import local_train, warm_partitions
+from edgeai.fl.client_app import device_of, local_train, warm_partitions
 from edgeai.fl.training import evaluate
 from edgeai.models import build_model
 from edgeai.simulation.config import Experiment
@@ -30,19 +31,19 @@ class SeqRound:
     seconds: float
 
 
-def run_sequential(exp: Experiment, threads: int = 1, ema: float = 0.0) -> Iterator[SeqRound]:
+def run_sequential(exp: Experiment, threads: int = 1) -> Iterator[SeqRound]:
     """Yield one record per round of FedAvg run sequentially in this process."""
     torch.set_num_threads(threads)
     plan, _ = client_plan(exp)
+    ledger_dir = tempfile.mkdtemp(prefix="edgeai-seq-")
+    plan = plan.model_copy(update={"ledger_path": f"{ledger_dir}/privacy-ledger.sqlite"})
     warm_partitions(plan, exp.federation.num_clients)
     split = load_dataset(plan.data.dataset, plan.data.validation_fraction, plan.data.split_seed)
     model = build_model(plan.model, plan.input_shape, plan.num_classes, seed=plan.seed)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    histories: dict[int, list[tuple[float, float, int]]] = {}
     rng = random.Random(plan.seed)
     k = exp.federation.num_clients
     worst: float | None = None
-    avg: dict[str, torch.Tensor] = {}
     for rnd in range(1, exp.federation.rounds + 1):
         t0 = time.perf_counter()
         chosen = sorted(rng.sample(range(k), exp.federation.per_round))
@@ -50,9 +51,8 @@ def run_sequential(exp: Experiment, threads: int = 1, ema: float = 0.0) -> Itera
         acc_state = {name: torch.zeros_like(v, dtype=torch.float64) for name, v in state.items()}
         for cid in chosen:
             node = {"partition-id": cid, "num-partitions": k, "torch-threads": threads}
-            new, metrics, histories[cid] = local_train(
-                plan, state, node, histories.get(cid, []), rnd
-            )
+            device = device_of(plan, node, cid, 0)
+            new, metrics = local_train(plan, state, node, rnd, device)
             n = int(metrics["num-examples"])
             total += n
             for name, v in new.items():
@@ -60,10 +60,6 @@ def run_sequential(exp: Experiment, threads: int = 1, ema: float = 0.0) -> Itera
             if "epsilon" in metrics:
                 worst = max(worst or 0.0, float(metrics["epsilon"]))
         state = {name: (v / total).to(state[name].dtype) for name, v in acc_state.items()}
-        if ema:
-            avg = state if rnd == 1 else {k: ema * avg[k] + (1 - ema) * state[k] for k in state}
-            model.load_state_dict(avg)
-        else:
-            model.load_state_dict(state)
+        model.load_state_dict(state)
         accuracy, _ = evaluate(model, split.validation)
         yield SeqRound(rnd, accuracy, worst, time.perf_counter() - t0)

@@ -11,28 +11,44 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from numpy.typing import NDArray
 
 from edgeai.data.datasets import ArrayDataset, load_dataset, load_npz
 from edgeai.data.partition import cached_partition_indices
-from edgeai.errors import DataError
-from edgeai.fl.plan import ClientPlan, DataConfig
-from edgeai.fl.training import evaluate, seeded_generator, train_dp, train_plain
+from edgeai.errors import ConfigError, DataError
+from edgeai.fl.plan import ClientPlan, DataConfig, TrainingConfig
+from edgeai.fl.training import (
+    TrainResult,
+    evaluate,
+    plan_dp,
+    seeded_generator,
+    train_dp,
+    train_plain,
+)
 from edgeai.models import build_model
-from edgeai.privacy.accounting import epsilon_for
+from edgeai.privacy.ledger import BudgetExhaustedError, PrivacyLedger
 
 app = ClientApp()
 
 PLAN_KEY = "plan"
-_LEDGER_KEY = "edgeai.privacy"
+# Error code of a reply from a device that refuses to train past its privacy budget.
+BUDGET_EXHAUSTED = 4201
 
 
 @lru_cache(maxsize=4)
@@ -69,26 +85,6 @@ def load_npz_cached(path: str) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     return load_npz(Path(path))
 
 
-def _history(context: Context) -> list[tuple[float, float, int]]:
-    rec = context.state.config_records.get(_LEDGER_KEY)
-    if rec is None:
-        return []
-    sigmas = cast(list[float], rec["sigma"])
-    rates = cast(list[float], rec["q"])
-    steps = cast(list[int], rec["steps"])
-    return list(zip(sigmas, rates, steps, strict=True))
-
-
-def _save_history(context: Context, history: list[tuple[float, float, int]]) -> None:
-    context.state.config_records[_LEDGER_KEY] = ConfigRecord(
-        {
-            "sigma": [float(h[0]) for h in history],
-            "q": [float(h[1]) for h in history],
-            "steps": [int(h[2]) for h in history],
-        }
-    )
-
-
 def _plan(msg: Message) -> ClientPlan:
     return ClientPlan.model_validate_json(str(msg.content.config_records["config"][PLAN_KEY]))
 
@@ -99,16 +95,93 @@ def _model(plan: ClientPlan, state: Mapping[str, torch.Tensor]) -> torch.nn.Modu
     return model
 
 
+@dataclass(frozen=True)
+class Device:
+    """Who is training and where its privacy ledger lives."""
+
+    subject: str
+    ledger_path: Path | None
+    run_id: str = "local"
+
+
+def device_of(
+    plan: ClientPlan, node_config: Mapping[str, object], node_id: int, run_id: int
+) -> Device:
+    """The device: ``node-name`` (deployment) or ``client-<partition-id>`` (simulation)."""
+    if "node-name" in node_config:
+        subject = str(node_config["node-name"])
+    elif "partition-id" in node_config:
+        subject = f"client-{node_config['partition-id']}"
+    else:
+        subject = f"node-{node_id}"
+    path = node_config.get("ledger-path") or plan.ledger_path
+    return Device(subject, Path(str(path)) if path else None, str(run_id))
+
+
+def _dp_round(
+    plan: ClientPlan,
+    model: torch.nn.Module,
+    data: ArrayDataset,
+    *,
+    training: TrainingConfig,
+    device: Device,
+    server_round: int,
+    gen: torch.Generator,
+) -> tuple[torch.nn.Module, TrainResult, dict[str, int | float]]:
+    """Check the ledger, run DP-SGD, record the spend; refuse past the budget."""
+    privacy = plan.privacy
+    if device.ledger_path is None:
+        raise ConfigError(
+            "DP-SGD needs a privacy ledger: set 'ledger-path' in the node config "
+            "(or ledger_path in the plan)"
+        )
+    planned = plan_dp(len(data), training, privacy, plan.num_rounds)
+    with PrivacyLedger(device.ledger_path) as ledger:
+        budget = privacy.budget
+        if budget is not None:
+            current = ledger.budget(device.subject)
+            if current is None or (current.epsilon, current.delta) != (budget, privacy.delta):
+                ledger.set_budget(device.subject, budget, privacy.delta, privacy.accountant)
+            ledger.require(device.subject, planned)  # BudgetExhaustedError: refuse up front
+        model, result = train_dp(
+            model, data, training, privacy, num_rounds=plan.num_rounds, generator=gen
+        )
+        ledger.record(
+            device.subject,
+            run_id=device.run_id,
+            server_round=server_round,
+            noise_multiplier=result.noise_multiplier,
+            sample_rate=result.sample_rate,
+            steps=result.steps,
+            delta=privacy.delta,
+            accountant=privacy.accountant,
+        )
+        history = ledger.history(device.subject)
+        epsilon = ledger.spent(device.subject, privacy.delta, privacy.accountant)
+    return (
+        model,
+        result,
+        {
+            "epsilon": epsilon,
+            "delta": privacy.delta,
+            "noise-multiplier": result.noise_multiplier,
+            "sample-rate": result.sample_rate,
+            "dp-steps": sum(h[2] for h in history),
+        },
+    )
+
+
 def local_train(
     plan: ClientPlan,
     state: Mapping[str, torch.Tensor],
     node_config: Mapping[str, object],
-    history: list[tuple[float, float, int]],
     server_round: int,
-) -> tuple[dict[str, torch.Tensor], dict[str, int | float], list[tuple[float, float, int]]]:
+    device: Device,
+) -> tuple[dict[str, torch.Tensor], dict[str, int | float]]:
     """One round of local training, free of Flower types (the ClientApp wraps it).
 
-    Returns the new weights, the reply metrics and the extended DP history.
+    Returns the new weights and the reply metrics.  With DP, the device's
+    ledger is consulted first: :class:`BudgetExhaustedError` means it refuses.
     """
     torch.set_num_threads(max(1, int(str(node_config.get("torch-threads", 1)))))
     data = local_data(plan, node_config)
@@ -121,17 +194,15 @@ def local_train(
         update={"learning_rate": plan.training.learning_rate_at(server_round, plan.num_rounds)}
     )
     if plan.privacy.enabled:
-        model, result = train_dp(
-            model, data, training, plan.privacy, num_rounds=plan.num_rounds, generator=gen
+        model, result, metrics = _dp_round(
+            plan,
+            model,
+            data,
+            training=training,
+            device=device,
+            server_round=server_round,
+            gen=gen,
         )
-        history = [*history, (result.noise_multiplier, result.sample_rate, result.steps)]
-        metrics |= {
-            "epsilon": epsilon_for(history, plan.privacy.delta, plan.privacy.accountant),
-            "delta": plan.privacy.delta,
-            "noise-multiplier": result.noise_multiplier,
-            "sample-rate": result.sample_rate,
-            "dp-steps": sum(h[2] for h in history),
-        }
     else:
         result = train_plain(model, data, training, gen)
     metrics |= {
@@ -139,22 +210,28 @@ def local_train(
         "train-loss": result.loss if math.isfinite(result.loss) else -1.0,
         "steps": result.steps,
     }
-    return model.state_dict(), metrics, history
+    return model.state_dict(), metrics
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the received global model on local data; reply with weights and metrics."""
+    """Train the received global model on local data; reply with weights and metrics.
+
+    A device whose privacy budget would be exceeded replies with an error of
+    code :data:`BUDGET_EXHAUSTED` (and trains nothing); the server counts it.
+    """
+    plan = _plan(msg)
     config = msg.content.config_records["config"]
-    state, metrics, history = local_train(
-        _plan(msg),
-        msg.content.array_records["arrays"].to_torch_state_dict(),
-        context.node_config,
-        _history(context),
-        int(str(config.get("server-round", 0))),
-    )
-    if history:
-        _save_history(context, history)
+    try:
+        state, metrics = local_train(
+            plan,
+            msg.content.array_records["arrays"].to_torch_state_dict(),
+            context.node_config,
+            int(str(config.get("server-round", 0))),
+            device_of(plan, context.node_config, context.node_id, context.run_id),
+        )
+    except BudgetExhaustedError as exc:
+        return Message(Error(code=BUDGET_EXHAUSTED, reason=str(exc)), reply_to=msg)
     content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord({**metrics})})
     return Message(content=content, reply_to=msg)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,10 +17,16 @@ from flwr.serverapp import Grid, ServerApp
 from edgeai.data.datasets import load_dataset
 from edgeai.fl.client_app import plan_config
 from edgeai.fl.plan import ClientPlan
-from edgeai.fl.strategy import RoundStats, ValidatingFedAvg
+from edgeai.fl.strategy import (
+    ClientLevelDPFedAvg,
+    RoundStats,
+    ServerBudgetExhaustedError,
+    ValidatingFedAvg,
+)
 from edgeai.fl.training import evaluate
 from edgeai.fl.validation import reference_of
 from edgeai.models import build_model
+from edgeai.privacy.config import CentralPrivacyConfig
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,9 @@ class ServerPlan:
     clients_per_round: int
     round_timeout_s: float = 600.0
     max_examples: int = 1_000_000
+    central: CentralPrivacyConfig = field(default_factory=CentralPrivacyConfig)
+    # Client-level DP accountant state, persisted every round (a restart resumes it).
+    central_state_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,7 @@ class RoundRecord:
     accuracy: float
     loss: float
     epsilon: float | None
+    client_epsilon: float | None
     bytes_up: int
     bytes_down: int
     seconds: float
@@ -48,7 +60,8 @@ class RoundRecord:
     accepted: int
     rejected: int
     failed: int
-    problems: tuple[str, ...] = ()  # why replies failed or were rejected (first few)
+    refused: int = 0  # devices whose privacy budget is exhausted
+    problems: tuple[str, ...] = ()  # why replies failed, were rejected or refused (first few)
 
 
 @dataclass(frozen=True)
@@ -59,10 +72,22 @@ class FinalState:
     rejected_total: int
     # node id -> latest DP report of that client (epsilon, delta, noise-multiplier, ...)
     client_privacy: dict[int, dict[str, float]]
+    stopped: str | None = None  # why the run ended before its last round
+    # client-level DP: z, q, rounds, δ, ε and the accountant, to recompute ε independently
+    client_level: dict[str, Any] | None = None
 
 
 RoundObserver = Callable[[RoundRecord], None]
 FinishObserver = Callable[[FinalState], None]
+
+
+class _BudgetsExhaustedError(Exception):
+    # Ends Flower's round loop from inside it: every sampled device refused to train.
+    def __init__(self, server_round: int) -> None:
+        super().__init__(
+            f"stopped after round {server_round}: every sampled device's privacy budget "
+            "is exhausted"
+        )
 
 
 def make_server_app(
@@ -79,14 +104,27 @@ def make_server_app(
         split = load_dataset(cp.data.dataset, cp.data.validation_fraction, cp.data.split_seed)
         model = build_model(cp.model, cp.input_shape, cp.num_classes, seed=cp.seed)
         initial = ArrayRecord(model.state_dict())
-        strategy = ValidatingFedAvg(
-            reference=reference_of({k: v.numpy() for k, v in initial.items()}),
-            max_examples=plan.max_examples,
-            fraction_train=plan.clients_per_round / plan.num_clients,
-            min_train_nodes=plan.clients_per_round,
-            min_available_nodes=plan.num_clients,
-            fraction_evaluate=0.0,  # central evaluation on the validation split instead
-        )
+        common: dict[str, Any] = {
+            "reference": reference_of({k: v.numpy() for k, v in initial.items()}),
+            "max_examples": plan.max_examples,
+            "fraction_train": plan.clients_per_round / plan.num_clients,
+            "min_train_nodes": plan.clients_per_round,
+            "min_available_nodes": plan.num_clients,
+            "fraction_evaluate": 0.0,  # central evaluation on the validation split instead
+        }
+        strategy: ValidatingFedAvg
+        if plan.central.enabled:
+            strategy = ClientLevelDPFedAvg(
+                central=plan.central,
+                num_clients=plan.num_clients,
+                clients_per_round=plan.clients_per_round,
+                num_rounds=cp.num_rounds,
+                state_path=plan.central_state_path,
+                seed=cp.seed,
+                **common,
+            )
+        else:
+            strategy = ValidatingFedAvg(**common)
         worst_eps: list[float] = []
         started = [time.perf_counter()]
 
@@ -104,6 +142,7 @@ def make_server_app(
                         accuracy=accuracy,
                         loss=loss if np.isfinite(loss) else float("nan"),
                         epsilon=worst_eps[-1] if worst_eps else None,
+                        client_epsilon=stats.client_epsilon,
                         bytes_up=stats.bytes_up,
                         bytes_down=stats.bytes_down,
                         seconds=now - started[0],
@@ -112,25 +151,50 @@ def make_server_app(
                         accepted=stats.accepted,
                         rejected=stats.rejected,
                         failed=stats.failed,
+                        refused=stats.refused,
                         problems=tuple(stats.reasons[:5]),
                     )
                 )
                 started[0] = now
+                latest[0] = arrays
+                if stats.sampled and stats.refused == stats.sampled:
+                    raise _BudgetsExhaustedError(server_round)
             return MetricRecord({"accuracy": accuracy, "loss": loss})
 
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=cp.num_rounds,
-            timeout=plan.round_timeout_s,
-            train_config=plan_config(cp),
-            evaluate_fn=evaluate_fn,
-        )
+        latest = [initial]
+        stopped = None
+        try:
+            strategy.start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=cp.num_rounds,
+                timeout=plan.round_timeout_s,
+                train_config=plan_config(cp),
+                evaluate_fn=evaluate_fn,
+            )
+        except (_BudgetsExhaustedError, ServerBudgetExhaustedError) as exc:
+            stopped = str(exc)
+        client_level = None
+        if isinstance(strategy, ClientLevelDPFedAvg):
+            client_level = {
+                "scope": "client-level DP on the server (DP-FedAvg), per participating device",
+                "noise_multiplier": strategy.noise_multiplier,
+                "sample_rate": strategy.sample_rate,
+                "rounds": sum(h[2] for h in strategy.accountant.history),
+                "history": strategy.accountant.history,
+                "clip_norm": plan.central.clip_norm,
+                "delta": plan.central.delta,
+                "epsilon": strategy.epsilon(),
+                "accountant": "rdp (dp-accounting), Poisson-sampled Gaussian",
+                "sampling": "poisson",
+            }
         on_finish(
             FinalState(
-                arrays=result.arrays if len(result.arrays) else initial,
+                arrays=latest[0],
                 rejected_total=strategy.rejected_total,
                 client_privacy=strategy.client_privacy,
+                stopped=stopped,
+                client_level=client_level,
             )
         )
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from edgeai.data.datasets import ArrayDataset
 from edgeai.fl.plan import TrainingConfig
-from edgeai.privacy.accounting import History, epsilon_for, noise_for_target
+from edgeai.privacy.accounting import noise_for_target
 from edgeai.privacy.config import PrivacyConfig
 
 
@@ -77,6 +77,18 @@ def dp_noise_multiplier(
     )
 
 
+def plan_dp(
+    num_examples: int, cfg: TrainingConfig, privacy: PrivacyConfig, num_rounds: int
+) -> tuple[float, float, int]:
+    """The DP-SGD session a round will run: (σ, sample rate q = B/n, steps).
+
+    Known before training, so a privacy ledger can refuse it up front.
+    """
+    sample_rate = min(1.0, cfg.batch_size / num_examples)
+    steps = max(1, math.ceil(1 / sample_rate)) * cfg.local_epochs
+    return dp_noise_multiplier(privacy, sample_rate, steps, num_rounds), sample_rate, steps
+
+
 def train_dp(
     model: nn.Module,
     data: ArrayDataset,
@@ -88,16 +100,13 @@ def train_dp(
 ) -> tuple[nn.Module, TrainResult]:
     """DP-SGD with Opacus: Poisson sampling at rate B/n, per-sample clipping, Gaussian noise.
 
-    Returns the trained module (unwrapped from Opacus) and the result; ε is
-    computed by the caller from the client's whole history.
+    Runs exactly the session :func:`plan_dp` describes.  Returns the trained
+    module (unwrapped from Opacus) and the result; ε is the caller's business.
     """
     from opacus import PrivacyEngine  # noqa: PLC0415  (train extra)
 
     n = len(data)
-    sample_rate = min(1.0, cfg.batch_size / n)
-    steps_per_epoch = max(1, math.ceil(1 / sample_rate))
-    steps = steps_per_epoch * cfg.local_epochs
-    sigma = dp_noise_multiplier(privacy, sample_rate, steps, num_rounds)
+    sigma, sample_rate, steps = plan_dp(n, cfg, privacy, num_rounds)
     # Opacus warns on every call that secure_mode is off (we seed the RNG for
     # reproducible experiments) and that backward hooks fire on the input layer.
     warnings.filterwarnings("ignore", module="opacus")
@@ -140,11 +149,6 @@ def train_dp(
             done += 1
     unwrapped: nn.Module = dp_model._module
     return unwrapped, TrainResult(n, total / max(done, 1), done, sigma, sample_rate)
-
-
-def client_epsilon(history: History, privacy: PrivacyConfig) -> float:
-    """ε spent by a client over its whole history (0 when DP is off)."""
-    return epsilon_for(history, privacy.delta, privacy.accountant) if privacy.enabled else math.inf
 
 
 @torch.no_grad()

@@ -6,6 +6,13 @@ from edgeai.privacy.accounting import (
     epsilon_for,
     noise_for_target,
 )
-from edgeai.privacy.config import PrivacyConfig
+from edgeai.privacy.config import CentralPrivacyConfig, PrivacyConfig
 
-__all__ = ["ACCOUNTANTS", "PrivacyConfig", "PrivacySpend", "epsilon_for", "noise_for_target"]
+__all__ = [
+    "ACCOUNTANTS",
+    "CentralPrivacyConfig",
+    "PrivacyConfig",
+    "PrivacySpend",
+    "epsilon_for",
+    "noise_for_target",
+]

@@ -26,8 +26,10 @@ def run_with_progress(exp: Experiment, out_dir: Path, console: Console) -> Simul
         if exp.privacy.enabled and exp.privacy.target_epsilon
         else f"DP-SGD (σ={exp.privacy.noise_multiplier})"
         if exp.privacy.enabled
-        else "no DP"
+        else "no DP on devices"
     )
+    if exp.central_privacy.enabled:
+        dp += f", client-level DP (target ε={exp.central_privacy.target_epsilon})"
     console.print(
         f"[bold]{exp.name}[/]: {exp.model.name} on {Path(exp.data.dataset).name}, "
         f"{fed.num_clients} clients ({fed.per_round} per round, {exp.data.partition.kind}), "
@@ -46,13 +48,32 @@ def run_with_progress(exp: Experiment, out_dir: Path, console: Console) -> Simul
 
         def on_round(r: RoundRecord) -> None:
             status = f"acc {100 * r.accuracy:.2f}%  ε {_eps(r.epsilon)}"
-            if r.rejected or r.failed:
-                status += f"  [yellow]rejected {r.rejected} failed {r.failed}[/]"
+            if r.client_epsilon is not None:
+                status += f"  client-level ε {r.client_epsilon:.2f}"
+            if r.rejected or r.failed or r.refused:
+                status += (
+                    f"  [yellow]rejected {r.rejected} failed {r.failed} refused {r.refused}[/]"
+                )
             progress.update(task, advance=1, description="round", status=status)
 
-        result = run_experiment(exp, on_round=on_round)
+        # Each run starts its devices with a fresh privacy ledger, kept beside the results.
+        ledger = out_dir / "privacy-ledger.sqlite"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (
+            ledger,
+            ledger.with_name(ledger.name + "-wal"),
+            ledger.with_name(ledger.name + "-shm"),
+        ):
+            stale.unlink(missing_ok=True)
+        server_ledger = out_dir / "server-privacy.json"
+        server_ledger.unlink(missing_ok=True)
+        result = run_experiment(
+            exp, on_round=on_round, ledger_path=ledger, central_state_path=server_ledger
+        )
     paths = write_outputs(result, out_dir)
     console.print(summary_table(result))
+    if result.final is not None and result.final.stopped:
+        console.print(f"[yellow]{result.final.stopped}[/]")
     console.print(f"Results written to [bold]{out_dir}[/]:")
     for path in paths.values():
         console.print(f"  {path}")

@@ -11,7 +11,7 @@ from edgeai.configfile import Frozen, parse, read_mapping
 from edgeai.data.datasets import BUILTIN_DATASETS
 from edgeai.errors import ConfigError
 from edgeai.fl.plan import DataConfig, TrainingConfig
-from edgeai.privacy.config import PrivacyConfig
+from edgeai.privacy.config import CentralPrivacyConfig, PrivacyConfig
 
 MODEL_NAMES = (
     "dp-cnn",
@@ -86,6 +86,7 @@ class Experiment(Frozen):
     federation: FederationConfig
     training: TrainingConfig = TrainingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    central_privacy: CentralPrivacyConfig = CentralPrivacyConfig()
     simulation: SimulationConfig = SimulationConfig()
 
 

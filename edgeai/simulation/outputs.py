@@ -49,17 +49,18 @@ def plot_rounds(records: Sequence[RoundRecord], out_dir: Path) -> list[Path]:
     written.append(out_dir / "accuracy.png")
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
-    eps = [r.epsilon for r in records]
-    if any(e is not None for e in eps):
+    curves = {
+        "device-level (DP-SGD, most-exposed device)": [r.epsilon for r in records],
+        "client-level (server DP-FedAvg)": [r.client_epsilon for r in records],
+    }
+    curves = {k: v for k, v in curves.items() if any(e is not None for e in v)}
+    if curves:
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(
-            rounds,
-            [e if e is not None else float("nan") for e in eps],
-            marker="o",
-            ms=3,
-            color="C3",
-        )
-        ax.set(xlabel="round", ylabel="ε (worst client)", title="Privacy spent per round")
+        for i, (label, eps) in enumerate(curves.items()):
+            values = [e if e is not None else float("nan") for e in eps]
+            ax.plot(rounds, values, marker="o", ms=3, color=f"C{3 + i}", label=label)
+        ax.legend()
+        ax.set(xlabel="round", ylabel="ε", title="Privacy spent per round")
         ax.grid(alpha=0.3)
         fig.tight_layout()
         written.append(out_dir / "epsilon.png")
@@ -121,6 +122,9 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
             "epsilon": last.epsilon,
             "delta": exp.privacy.delta if exp.privacy.enabled else None,
             "privacy": privacy_summary(result),
+            "client_epsilon": last.client_epsilon,
+            "client_level_privacy": result.final.client_level,
+            "stopped": result.final.stopped,
             "rejected_replies": result.final.rejected_total,
             "bytes_up": sum(r.bytes_up for r in result.rounds),
             "bytes_down": sum(r.bytes_down for r in result.rounds),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flwr.clientapp import ClientApp
@@ -33,6 +35,7 @@ class SimulationResult:
     final: FinalState | None = None
     startup_seconds: float = 0.0
     total_seconds: float = 0.0
+    ledger_path: Path | None = None
 
 
 def client_plan(exp: Experiment) -> tuple[ClientPlan, int]:
@@ -59,11 +62,17 @@ def run_experiment(
     exp: Experiment,
     on_round: Callable[[RoundRecord], None] | None = None,
     client_app: ClientApp | None = None,
+    ledger_path: Path | None = None,
+    central_state_path: Path | None = None,
 ) -> SimulationResult:
     """Run ``exp`` through Flower's simulation engine; blocks until the last round.
 
     ``client_app`` replaces the standard ClientApp (tests use it to inject faults);
-    it must live in an importable module, not ``__main__``.
+    it must live in an importable module, not ``__main__``.  With DP, every
+    virtual device keeps its spend in the SQLite privacy ledger at
+    ``ledger_path`` (one subject per device; default: a new temporary file).
+    With client-level DP the server's accountant is saved at ``central_state_path``
+    after every round, and resumed from it.
     """
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -71,10 +80,14 @@ def run_experiment(
 
     t0 = time.perf_counter()
     plan, n_train = client_plan(exp)
-    result = SimulationResult(experiment=exp, plan=plan)
+    if exp.privacy.enabled:
+        if ledger_path is None:
+            ledger_path = Path(tempfile.mkdtemp(prefix="edgeai-")) / "privacy-ledger.sqlite"
+        plan = plan.model_copy(update={"ledger_path": str(ledger_path)})
+    result = SimulationResult(experiment=exp, plan=plan, ledger_path=ledger_path)
 
     def round_done(record: RoundRecord) -> None:
-        if record.accepted == 0:
+        if record.accepted == 0 and record.refused == 0:
             # Nothing to aggregate: a misconfigured client fails the same way every round.
             first = record.problems[0] if record.problems else "no replies"
             raise SimulationError(f"round {record.round}: no client reply was usable; {first}")
@@ -93,6 +106,8 @@ def run_experiment(
         clients_per_round=exp.federation.per_round,
         round_timeout_s=exp.federation.round_timeout_s,
         max_examples=n_train,
+        central=exp.central_privacy,
+        central_state_path=central_state_path,
     )
     # Partition while Ray starts: the workers then read it from the on-disk cache.
     threading.Thread(
@@ -113,7 +128,9 @@ def run_experiment(
             )
         except Exception as exc:
             raise SimulationError(f"simulation of {exp.name!r} failed: {exc}") from exc
-    if result.final is None or len(result.rounds) != exp.federation.rounds:
+    if result.final is None or (
+        len(result.rounds) != exp.federation.rounds and result.final.stopped is None
+    ):
         raise SimulationError(
             f"simulation of {exp.name!r} ended after {len(result.rounds)} of "
             f"{exp.federation.rounds} rounds; see the log above"

@@ -117,3 +117,72 @@ def test_poisoned_replies_are_rejected_and_counted(tmp_path: Path) -> None:
     arrays = result.final.arrays.to_numpy_ndarrays()
     assert all(np.isfinite(a).all() for a in arrays)
     assert result.rounds[-1].accuracy > 0.7  # 3 honest clients, 2 rounds; random is 0.1
+
+
+def test_a_tight_budget_stops_devices_at_the_right_round(tmp_path: Path) -> None:
+    from edgeai.privacy.ledger import PrivacyLedger  # noqa: PLC0415
+
+    # 3 IID devices over 8,000 images hold 2,667 / 2,667 / 2,666 samples; B = 267.
+    sizes = (2667, 2666)
+    q = [267 / n for n in sizes]
+    eps = [[epsilon_for([(1.5, qi, 10 * k)], 1e-5) for k in range(1, 8)] for qi in q]
+    fits = 3  # sessions that fit: choose the budget between the 3rd and 4th session
+    budget = (max(e[fits - 1] for e in eps) + min(e[fits] for e in eps)) / 2
+    exp_path = tmp_path / "budget.toml"
+    exp_path.write_text(
+        'name = "budget"\n[model]\nname = "dp-cnn-tiny"\n[data.partition]\nkind = "iid"\n'
+        "[federation]\nnum_clients = 3\nrounds = 6\n"
+        "[training]\nbatch_size = 267\nlearning_rate = 2.0\n"
+        f"[privacy]\nenabled = true\nnoise_multiplier = 1.5\nbudget_epsilon = {budget}\n"
+        "[simulation]\nnum_cpus = 2\n",
+        encoding="utf-8",
+    )
+    ledger_path = tmp_path / "ledger.sqlite"
+    result = run_experiment(load_experiment(exp_path), ledger_path=ledger_path)
+    assert [r.accepted for r in result.rounds] == [3] * fits + [0]
+    assert result.rounds[-1].refused == 3
+    assert "budget" in result.rounds[-1].problems[0]
+    assert result.final is not None
+    assert result.final.stopped is not None
+    reported = {int(k): v["epsilon"] for k, v in result.final.client_privacy.items()}
+    # A restart reads the same spend, and no device went past its budget.
+    with PrivacyLedger(ledger_path) as ledger:
+        spent = sorted(ledger.spent(s, 1e-5) for s in ledger.subjects())
+        assert len(ledger.subjects()) == 3
+        assert all(len(ledger.history(s)) == fits for s in ledger.subjects())
+    assert spent == pytest.approx(sorted(reported.values()), rel=1e-12)
+    assert max(spent) <= budget
+
+
+def test_client_level_dp_survives_poison_and_resumes_its_ledger(tmp_path: Path) -> None:
+    from tests.integration.poisoned_app import POISONED  # noqa: PLC0415
+    from tests.integration.poisoned_app import app as poisoned_app  # noqa: PLC0415
+
+    exp_path = tmp_path / "central.toml"
+    exp_path.write_text(
+        'name = "central"\n[model]\nname = "fedavg-2nn"\n'
+        "[federation]\nnum_clients = 8\nrounds = 2\n"
+        "[training]\nbatch_size = 32\nlearning_rate = 0.1\n"
+        "[central_privacy]\nenabled = true\nnoise_multiplier = 0.5\nclip_norm = 5.0\n"
+        "[simulation]\nnum_cpus = 2\n",
+        encoding="utf-8",
+    )
+    state = tmp_path / "server-privacy.json"
+    first = run_experiment(
+        load_experiment(exp_path), client_app=poisoned_app, central_state_path=state
+    )
+    assert first.final is not None
+    # every sampled poisoned reply is rejected before clipping; the model stays finite
+    assert all(r.rejected <= len(POISONED) for r in first.rounds)
+    assert all(np.isfinite(a).all() for a in first.final.arrays.to_numpy_ndarrays())
+    eps = [r.client_epsilon for r in first.rounds]
+    assert eps[0] is not None
+    assert eps[1] is not None
+    assert 0 < eps[0] < eps[1]
+    saved = json.loads(state.read_text())
+    assert sum(h[2] for h in saved["history"]) == 2
+    # A restarted server resumes the accountant: ε keeps growing from where it was.
+    second = run_experiment(load_experiment(exp_path), central_state_path=state)
+    assert second.rounds[0].client_epsilon is not None
+    assert second.rounds[0].client_epsilon > eps[1]
+    assert sum(h[2] for h in json.loads(state.read_text())["history"]) == 4

@@ -131,7 +131,9 @@ def test_aggregation_refuses_inconsistent_input() -> None:
     with pytest.raises(PrivacyError, match="no updates"):
         aggregate_with_noise([], 1.0, 1.0, 3, rng)
     with pytest.raises(PrivacyError, match="expected_clients"):
-        aggregate_with_noise([a, a], 1.0, 1.0, 1, rng)
+        aggregate_with_noise([a, a], 1.0, 1.0, 0, rng)
+    # Poisson sampling may draw more clients than expected: the denominator stays q·N.
+    assert aggregate_with_noise([a, a], 1.0, 0.0, 1, rng).included == 2
     with pytest.raises(PrivacyError, match="shapes"):
         aggregate_with_noise([a, {"a": np.zeros(4)}], 1.0, 1.0, 2, rng)
     with pytest.raises(PrivacyError, match="shapes"):

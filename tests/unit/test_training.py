@@ -7,11 +7,13 @@ import torch
 
 from edgeai.data import load_dataset
 from edgeai.data.datasets import ArrayDataset
-from edgeai.fl.client_app import PLAN_KEY, local_train, plan_config
+from edgeai.errors import ConfigError
+from edgeai.fl.client_app import PLAN_KEY, device_of, local_train, plan_config
 from edgeai.fl.plan import ClientPlan, DataConfig, TrainingConfig
 from edgeai.fl.training import evaluate, seeded_generator, train_dp, train_plain
 from edgeai.models import build_model
 from edgeai.privacy import PrivacyConfig, epsilon_for
+from edgeai.privacy.ledger import BudgetExhaustedError, PrivacyLedger
 
 
 @pytest.fixture(scope="module")
@@ -96,22 +98,56 @@ def test_tiny_dp_batches_with_empty_poisson_draws_do_not_crash(
     assert all(torch.isfinite(p).all() for p in trained.parameters())
 
 
-def test_a_device_trains_on_its_own_npz(
+def test_a_device_trains_on_its_own_npz_within_its_ledger(
     tmp_path: Path, small: tuple[np.ndarray, np.ndarray]
 ) -> None:
     path = tmp_path / "local.npz"
     np.savez(path, X=(small[0][:, 0] * 255).astype(np.uint8), y=small[1])
     plan = _plan(PrivacyConfig(enabled=True, target_epsilon=3.0), batch_size=30)
+    node = {"data-path": str(path), "node-name": "pi-7", "ledger-path": str(tmp_path / "l.db")}
+    device = device_of(plan, node, node_id=5, run_id=1)
+    assert device.subject == "pi-7"
     model = build_model("dp-cnn", (1, 28, 28), 10, seed=0)
-    state, metrics, history = local_train(plan, model.state_dict(), {"data-path": str(path)}, [], 1)
+    state, metrics = local_train(plan, model.state_dict(), node, 1, device)
     assert metrics["num-examples"] == 300
-    assert len(history) == 1
-    assert metrics["epsilon"] == pytest.approx(epsilon_for(history, 1e-5))
-    state2, metrics2, history2 = local_train(plan, state, {"data-path": str(path)}, history, 2)
-    assert len(history2) == 2
+    with PrivacyLedger(tmp_path / "l.db") as ledger:
+        assert metrics["epsilon"] == pytest.approx(ledger.spent("pi-7", 1e-5))
+        assert len(ledger.history("pi-7")) == 1
+    state2, metrics2 = local_train(plan, state, node, 2, device)
     assert metrics2["epsilon"] > metrics["epsilon"]
     assert metrics2["dp-steps"] == 2 * metrics["dp-steps"]
     assert set(state2) == set(state)
+
+
+def test_a_device_refuses_past_its_budget_and_spends_nothing(
+    tmp_path: Path, small: tuple[np.ndarray, np.ndarray]
+) -> None:
+    path = tmp_path / "local.npz"
+    np.savez(path, X=(small[0][:, 0] * 255).astype(np.uint8), y=small[1])
+    privacy = PrivacyConfig(enabled=True, noise_multiplier=1.5, budget_epsilon=2.5)
+    plan = _plan(privacy, batch_size=30)
+    node = {"data-path": str(path), "node-name": "pi-8", "ledger-path": str(tmp_path / "l.db")}
+    device = device_of(plan, node, node_id=5, run_id=1)
+    state = build_model("dp-cnn", (1, 28, 28), 10, seed=0).state_dict()
+    # independently: how many 10-step sessions at σ = 1.5, q = 0.1 fit into ε = 2.5?
+    fits = max(k for k in range(1, 50) if epsilon_for([(1.5, 0.1, 10 * k)], 1e-5) <= 2.5)
+    for rnd in range(1, fits + 1):
+        state, _ = local_train(plan, state, node, rnd, device)
+    with PrivacyLedger(tmp_path / "l.db") as ledger:
+        before = ledger.spent("pi-8", 1e-5)
+    with pytest.raises(BudgetExhaustedError, match="pi-8"):
+        local_train(plan, state, node, fits + 1, device)
+    with PrivacyLedger(tmp_path / "l.db") as ledger:  # a restart reads the same spend
+        assert ledger.spent("pi-8", 1e-5) == before
+        assert len(ledger.history("pi-8")) == fits
+
+
+def test_dp_without_a_ledger_is_a_config_error(small: tuple[np.ndarray, np.ndarray]) -> None:
+    plan = _plan(PrivacyConfig(enabled=True, target_epsilon=3.0), batch_size=30)
+    node = {"partition-id": 0, "num-partitions": 10}
+    state = build_model("dp-cnn", (1, 28, 28), 10, seed=0).state_dict()
+    with pytest.raises(ConfigError, match="ledger-path"):
+        local_train(plan, state, node, 1, device_of(plan, node, 0, 0))
 
 
 def test_cosine_schedule_decays_from_the_rate_to_zero() -> None:
