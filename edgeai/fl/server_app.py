@@ -61,6 +61,8 @@ class RoundRecord:
     rejected: int
     failed: int
     refused: int = 0  # devices whose privacy budget is exhausted
+    delta: float | None = None  # δ of the device-level ε (None without DP-SGD)
+    client_delta: float | None = None  # δ of the client-level ε
     problems: tuple[str, ...] = ()  # why replies failed, were rejected or refused (first few)
 
 
@@ -152,6 +154,8 @@ def make_server_app(
                         rejected=stats.rejected,
                         failed=stats.failed,
                         refused=stats.refused,
+                        delta=cp.privacy.delta if cp.privacy.enabled else None,
+                        client_delta=plan.central.delta if plan.central.enabled else None,
                         problems=tuple(stats.reasons[:5]),
                     )
                 )

@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import onnx
@@ -17,11 +18,17 @@ OPSET = 18
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
+def export_onnx(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    path: Path,
+    metadata: Mapping[str, object] | None = None,
+) -> Path:
     """Write ``model`` to ``path`` with the torch (dynamo) exporter, atomically.
 
     The graph takes float32 ``input`` (N, *input_shape) in [0, 1] and returns
-    ``logits`` (N, classes); N is dynamic.
+    ``logits`` (N, classes); N is dynamic.  ``metadata`` (e.g. ε and δ) goes into
+    the model's ``metadata_props``, so the file carries its own provenance.
     """
     model = model.eval()
     example = (torch.rand(2, *input_shape),)
@@ -45,6 +52,12 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> P
         if program is None:
             raise RuntimeError("torch.onnx.export returned no program")
         program.save(tmp, external_data=False)
+        if metadata:
+            proto = onnx.load(tmp)
+            for key, value in metadata.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = str(key), "" if value is None else str(value)
+            onnx.save(proto, tmp)
         onnx.checker.check_model(tmp, full_check=True)
         Path(tmp).chmod(0o644)
         Path(tmp).replace(path)

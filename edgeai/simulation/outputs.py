@@ -104,11 +104,20 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
 
     model = build_model(plan.model, plan.input_shape, plan.num_classes)
     model.load_state_dict(result.final.arrays.to_torch_state_dict())
-    paths["model"] = export_onnx(model, plan.input_shape, out_dir / "model.onnx")
+    last = result.rounds[-1]
+    provenance = {
+        "edgeai.experiment": exp.name,
+        "edgeai.round": last.round,
+        "edgeai.validation_accuracy": last.accuracy,
+        "edgeai.epsilon": last.epsilon,
+        "edgeai.delta": exp.privacy.delta if exp.privacy.enabled else None,
+        "edgeai.client_epsilon": last.client_epsilon,
+        "edgeai.client_delta": exp.central_privacy.delta if exp.central_privacy.enabled else None,
+    }
+    paths["model"] = export_onnx(model, plan.input_shape, out_dir / "model.onnx", provenance)
     for png in plot_rounds(result.rounds, out_dir):
         paths[png.stem] = png
 
-    last = result.rounds[-1]
     best = max(result.rounds, key=lambda r: r.accuracy)
     write_json(
         paths["summary"],

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -91,6 +92,9 @@ def test_two_rounds_four_clients_with_dp_through_the_cli(tmp_path: Path) -> None
     (logits,) = session.run(None, {"input": val.x})
     accuracy = float((logits.argmax(1) == val.y).mean())
     assert abs(accuracy - summary["accuracy"]) < 1e-3
+    meta = {e.key: e.value for e in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert float(meta["edgeai.epsilon"]) == pytest.approx(summary["epsilon"])
+    assert float(meta["edgeai.delta"]) == 1e-5
     assert (out / "accuracy.png").stat().st_size > 1000
     assert (out / "epsilon.png").stat().st_size > 1000
 
