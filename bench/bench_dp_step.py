@@ -25,8 +25,10 @@ from edgeai.models import build_model
 warnings.filterwarnings("ignore")
 
 
-def time_steps(mode: str, batch: int, steps: int, x: torch.Tensor, y: torch.Tensor) -> float:
-    model = build_model("dp-cnn", (1, 28, 28), 10, seed=0)
+def time_steps(
+    model_name: str, mode: str, batch: int, *, steps: int, x: torch.Tensor, y: torch.Tensor
+) -> float:
+    model = build_model(model_name, (1, 28, 28), 10, seed=0)
     opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss_fn: nn.Module = nn.CrossEntropyLoss()
     if mode != "plain":
@@ -61,18 +63,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", nargs="+", default=["dp-cnn", "dp-cnn-tiny"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train = load_dataset("mnist").train
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
-    print(f"dp-cnn, {args.threads} torch thread(s), median of {args.steps - 5} steps")
-    print(f"{'batch':>6} {'plain ms':>9} {'mode':>10} {'DP ms':>8} {'ratio':>6}")
-    for batch in args.batch:
-        # interleave so drift in machine load hits both sides alike
-        plain = min(time_steps("plain", batch, args.steps, x, y) for _ in range(2))
-        for mode in ("hooks", "ghost", "functorch"):
-            dp = min(time_steps(mode, batch, args.steps, x, y) for _ in range(2))
-            print(f"{batch:>6} {plain * 1e3:>9.2f} {mode:>10} {dp * 1e3:>8.2f} {dp / plain:>5.2f}x")
+    print(f"{args.threads} torch thread(s), median of {args.steps - 5} steps, best of 2 runs")
+    print(f"{'model':>12} {'batch':>6} {'plain ms':>9} {'mode':>10} {'DP ms':>8} {'ratio':>6}")
+    for name in args.models:
+        for batch in args.batch:
+            plain = min(
+                time_steps(name, "plain", batch, steps=args.steps, x=x, y=y) for _ in range(2)
+            )
+            for mode in ("hooks", "ghost", "functorch"):
+                dp = min(
+                    time_steps(name, mode, batch, steps=args.steps, x=x, y=y) for _ in range(2)
+                )
+                print(
+                    f"{name:>12} {batch:>6} {plain * 1e3:>9.2f} {mode:>10} {dp * 1e3:>8.2f} "
+                    f"{dp / plain:>5.2f}x"
+                )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ device never imports torch.
 
 from __future__ import annotations
 
-import importlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -81,7 +79,7 @@ def simulate(
     and writes metrics.jsonl, summary.json, model.onnx and plots to --out.
     """
     from edgeai.simulation.config import load_experiment  # noqa: PLC0415
-    from edgeai.simulation.engine import init_ray  # noqa: PLC0415
+    from edgeai.simulation.engine import boot  # noqa: PLC0415
 
     overrides: dict[str, object] = {}
     if rounds is not None:
@@ -92,11 +90,9 @@ def simulate(
         exp = load_experiment(experiment, overrides)
     except EdgeAIError as exc:
         raise fail(exc) from None
-    # Boot Ray's processes while this one imports torch and Flower.
-    with ThreadPoolExecutor(1) as pool:
-        view = pool.submit(importlib.import_module, "edgeai.simulation.cli_view")
-        init_ray(exp.simulation)
-        run_with_progress = view.result().run_with_progress
+    boot(exp.simulation, ["edgeai.simulation.cli_view"])  # Ray starts while torch imports
+    from edgeai.simulation.cli_view import run_with_progress  # noqa: PLC0415
+
     try:
         run_with_progress(exp, out, console)
     except EdgeAIError as exc:

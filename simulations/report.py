@@ -22,19 +22,22 @@ def main(dirs: list[str]) -> None:
     """Print one markdown row per results directory."""
     print(
         "| experiment | rounds | final acc. | best acc. | rounds to 95% | rounds to 97% "
-        "| ε (worst client) | δ | s/round |"
+        "| device ε (worst) | client-level ε | δ | s/round |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for d in map(Path, dirs):
         summary = json.loads((d / "summary.json").read_text())
         metrics = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
         eps = summary["epsilon"]
+        client_eps = summary.get("client_epsilon")
+        delta = summary["delta"] or (summary.get("client_level_privacy") or {}).get("delta")
         steady = sorted(m["seconds"] for m in metrics[1:]) or [metrics[0]["seconds"]]
         print(
             f"| {summary['experiment']} | {summary['rounds']} | {100 * summary['accuracy']:.2f}% "
             f"| {100 * summary['best_accuracy']:.2f}% (r{summary['best_round']}) "
             f"| {rounds_to(metrics, 0.95)} | {rounds_to(metrics, 0.97)} "
-            f"| {'∞' if eps is None else f'{eps:.3f}'} | {summary['delta'] or '—'} "
+            f"| {'∞' if eps is None else f'{eps:.3f}'} "
+            f"| {'—' if client_eps is None else f'{client_eps:.3f}'} | {delta or '—'} "
             f"| {steady[len(steady) // 2]:.2f} |"
         )
 

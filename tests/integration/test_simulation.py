@@ -176,8 +176,9 @@ def test_client_level_dp_survives_poison_and_resumes_its_ledger(tmp_path: Path) 
         load_experiment(exp_path), client_app=poisoned_app, central_state_path=state
     )
     assert first.final is not None
-    # every sampled poisoned reply is rejected before clipping; the model stays finite
-    assert all(r.rejected <= len(POISONED) for r in first.rounds)
+    # q = 1: every poisoned reply is sampled and rejected before clipping (an honest
+    # device may diverge on the noisy model and be rejected too); the model stays finite.
+    assert all(r.rejected >= len(POISONED) for r in first.rounds)
     assert all(np.isfinite(a).all() for a in first.final.arrays.to_numpy_ndarrays())
     eps = [r.client_epsilon for r in first.rounds]
     assert eps[0] is not None
