@@ -220,7 +220,8 @@ class ClientLevelDPFedAvg(ValidatingFedAvg):
         if central.noise_multiplier is not None:
             self.noise_multiplier = central.noise_multiplier
         else:
-            assert central.target_epsilon is not None  # noqa: S101  (validated by the config)
+            if central.target_epsilon is None:
+                raise ValueError("client-level DP needs noise_multiplier or target_epsilon")
             remaining = num_rounds - sum(h[2] for h in self.accountant.history)
             self.noise_multiplier = self.accountant.noise_for_target(
                 central.target_epsilon, central.delta, self.sample_rate, max(1, remaining)

@@ -33,7 +33,7 @@ class SimulationResult:
     plan: ClientPlan
     rounds: list[RoundRecord] = field(default_factory=list)
     final: FinalState | None = None
-    startup_seconds: float = 0.0
+    startup_seconds: float = 0.0  # from run_experiment's call, not the process start
     total_seconds: float = 0.0
     ledger_path: Path | None = None
 
@@ -86,13 +86,15 @@ def run_experiment(
         plan = plan.model_copy(update={"ledger_path": str(ledger_path)})
     result = SimulationResult(experiment=exp, plan=plan, ledger_path=ledger_path)
 
+    first_round_end = [t0]
+
     def round_done(record: RoundRecord) -> None:
         if record.accepted == 0 and record.refused == 0:
             # Nothing to aggregate: a misconfigured client fails the same way every round.
             first = record.problems[0] if record.problems else "no replies"
             raise SimulationError(f"round {record.round}: no client reply was usable; {first}")
         if not result.rounds:
-            result.startup_seconds = time.perf_counter() - t0 - record.seconds
+            first_round_end[0] = time.perf_counter()
         result.rounds.append(record)
         if on_round is not None:
             on_round(record)
@@ -136,4 +138,7 @@ def run_experiment(
             f"{exp.federation.rounds} rounds; see the log above"
         )
     result.total_seconds = time.perf_counter() - t0
+    # Start-up: to the end of round 1, less what a steady round takes (round 1 itself).
+    steady = sorted(r.seconds for r in result.rounds[1:]) or [0.0]
+    result.startup_seconds = first_round_end[0] - t0 - steady[len(steady) // 2]
     return result

@@ -98,11 +98,16 @@ def test_tiny_dp_batches_with_empty_poisson_draws_do_not_crash(
     assert all(torch.isfinite(p).all() for p in trained.parameters())
 
 
-def test_a_device_trains_on_its_own_npz_within_its_ledger(
-    tmp_path: Path, small: tuple[np.ndarray, np.ndarray]
-) -> None:
+@pytest.fixture
+def device_npz(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> Path:
+    """A device's own data file: 300 uint8 images."""
     path = tmp_path / "local.npz"
     np.savez(path, X=(small[0][:, 0] * 255).astype(np.uint8), y=small[1])
+    return path
+
+
+def test_a_device_trains_on_its_own_npz_within_its_ledger(tmp_path: Path, device_npz: Path) -> None:
+    path = device_npz
     plan = _plan(PrivacyConfig(enabled=True, target_epsilon=3.0), batch_size=30)
     node = {"data-path": str(path), "node-name": "pi-7", "ledger-path": str(tmp_path / "l.db")}
     device = device_of(plan, node, node_id=5, run_id=1)
@@ -120,10 +125,9 @@ def test_a_device_trains_on_its_own_npz_within_its_ledger(
 
 
 def test_a_device_refuses_past_its_budget_and_spends_nothing(
-    tmp_path: Path, small: tuple[np.ndarray, np.ndarray]
+    tmp_path: Path, device_npz: Path
 ) -> None:
-    path = tmp_path / "local.npz"
-    np.savez(path, X=(small[0][:, 0] * 255).astype(np.uint8), y=small[1])
+    path = device_npz
     privacy = PrivacyConfig(enabled=True, noise_multiplier=1.5, budget_epsilon=2.5)
     plan = _plan(privacy, batch_size=30)
     node = {"data-path": str(path), "node-name": "pi-8", "ledger-path": str(tmp_path / "l.db")}
