@@ -36,7 +36,7 @@ def run_sequential(exp: Experiment, threads: int = 1) -> Iterator[SeqRound]:
     torch.set_num_threads(threads)
     plan, _ = client_plan(exp)
     ledger_dir = tempfile.mkdtemp(prefix="edgeai-seq-")
-    plan = plan.model_copy(update={"ledger_path": f"{ledger_dir}/privacy-ledger.sqlite"})
+    plan = plan.model_copy(update={"ledger_dir": ledger_dir})
     warm_partitions(plan, exp.federation.num_clients)
     split = load_dataset(plan.data.dataset, plan.data.validation_fraction, plan.data.split_seed)
     model = build_model(plan.model, plan.input_shape, plan.num_classes, seed=plan.seed)

@@ -114,8 +114,13 @@ def device_of(
         subject = f"client-{node_config['partition-id']}"
     else:
         subject = f"node-{node_id}"
-    path = node_config.get("ledger-path") or plan.ledger_path
-    return Device(subject, Path(str(path)) if path else None, str(run_id))
+    if "ledger-path" in node_config:
+        path: Path | None = Path(str(node_config["ledger-path"]))
+    elif plan.ledger_dir:
+        path = Path(plan.ledger_dir) / f"{subject}.sqlite"
+    else:
+        path = None
+    return Device(subject, path, str(run_id))
 
 
 def _dp_round(
@@ -133,7 +138,7 @@ def _dp_round(
     if device.ledger_path is None:
         raise ConfigError(
             "DP-SGD needs a privacy ledger: set 'ledger-path' in the node config "
-            "(or ledger_path in the plan)"
+            "(or ledger_dir in the plan)"
         )
     planned = plan_dp(len(data), training, privacy, plan.num_rounds)
     with PrivacyLedger(device.ledger_path) as ledger:

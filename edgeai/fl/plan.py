@@ -57,6 +57,6 @@ class ClientPlan(Frozen):
     # rounds, so no client ends the run above the target.
     num_rounds: int = Field(ge=1)
     seed: int = 0
-    # Where devices keep their privacy ledger when their node config names none
-    # (simulation: one SQLite file, one subject per virtual client).
-    ledger_path: str | None = None
+    # Where devices keep their privacy ledgers when their node config names none
+    # (simulation: one SQLite file per virtual device in this directory).
+    ledger_dir: str | None = None

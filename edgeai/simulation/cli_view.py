@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from rich.console import Console
@@ -56,19 +57,14 @@ def run_with_progress(exp: Experiment, out_dir: Path, console: Console) -> Simul
                 )
             progress.update(task, advance=1, description="round", status=status)
 
-        # Each run starts its devices with a fresh privacy ledger, kept beside the results.
-        ledger = out_dir / "privacy-ledger.sqlite"
+        # Each run starts its devices with fresh privacy ledgers, kept beside the results.
+        ledgers = out_dir / "privacy-ledgers"
+        shutil.rmtree(ledgers, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (
-            ledger,
-            ledger.with_name(ledger.name + "-wal"),
-            ledger.with_name(ledger.name + "-shm"),
-        ):
-            stale.unlink(missing_ok=True)
         server_ledger = out_dir / "server-privacy.json"
         server_ledger.unlink(missing_ok=True)
         result = run_experiment(
-            exp, on_round=on_round, ledger_path=ledger, central_state_path=server_ledger
+            exp, on_round=on_round, ledger_dir=ledgers, central_state_path=server_ledger
         )
     paths = write_outputs(result, out_dir)
     console.print(summary_table(result))

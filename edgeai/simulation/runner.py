@@ -35,7 +35,7 @@ class SimulationResult:
     final: FinalState | None = None
     startup_seconds: float = 0.0  # from run_experiment's call, not the process start
     total_seconds: float = 0.0
-    ledger_path: Path | None = None
+    ledger_dir: Path | None = None
 
 
 def client_plan(exp: Experiment) -> tuple[ClientPlan, int]:
@@ -62,7 +62,7 @@ def run_experiment(
     exp: Experiment,
     on_round: Callable[[RoundRecord], None] | None = None,
     client_app: ClientApp | None = None,
-    ledger_path: Path | None = None,
+    ledger_dir: Path | None = None,
     central_state_path: Path | None = None,
 ) -> SimulationResult:
     """Run ``exp`` through Flower's simulation engine; blocks until the last round.
@@ -70,7 +70,7 @@ def run_experiment(
     ``client_app`` replaces the standard ClientApp (tests use it to inject faults);
     it must live in an importable module, not ``__main__``.  With DP, every
     virtual device keeps its spend in the SQLite privacy ledger at
-    ``ledger_path`` (one subject per device; default: a new temporary file).
+    ``ledger_dir`` (one file per device; default: a new temporary directory).
     With client-level DP the server's accountant is saved at ``central_state_path``
     after every round, and resumed from it.
     """
@@ -81,10 +81,11 @@ def run_experiment(
     t0 = time.perf_counter()
     plan, n_train = client_plan(exp)
     if exp.privacy.enabled:
-        if ledger_path is None:
-            ledger_path = Path(tempfile.mkdtemp(prefix="edgeai-")) / "privacy-ledger.sqlite"
-        plan = plan.model_copy(update={"ledger_path": str(ledger_path)})
-    result = SimulationResult(experiment=exp, plan=plan, ledger_path=ledger_path)
+        if ledger_dir is None:
+            ledger_dir = Path(tempfile.mkdtemp(prefix="edgeai-ledgers-"))
+        ledger_dir.mkdir(parents=True, exist_ok=True)
+        plan = plan.model_copy(update={"ledger_dir": str(ledger_dir)})
+    result = SimulationResult(experiment=exp, plan=plan, ledger_dir=ledger_dir)
 
     first_round_end = [t0]
 

@@ -141,8 +141,8 @@ def test_a_tight_budget_stops_devices_at_the_right_round(tmp_path: Path) -> None
         "[simulation]\nnum_cpus = 2\n",
         encoding="utf-8",
     )
-    ledger_path = tmp_path / "ledger.sqlite"
-    result = run_experiment(load_experiment(exp_path), ledger_path=ledger_path)
+    ledgers = tmp_path / "ledgers"
+    result = run_experiment(load_experiment(exp_path), ledger_dir=ledgers)
     assert [r.accepted for r in result.rounds] == [3] * fits + [0]
     assert result.rounds[-1].refused == 3
     assert "budget" in result.rounds[-1].problems[0]
@@ -150,10 +150,16 @@ def test_a_tight_budget_stops_devices_at_the_right_round(tmp_path: Path) -> None
     assert result.final.stopped is not None
     reported = {int(k): v["epsilon"] for k, v in result.final.client_privacy.items()}
     # A restart reads the same spend, and no device went past its budget.
-    with PrivacyLedger(ledger_path) as ledger:
-        spent = sorted(ledger.spent(s, 1e-5) for s in ledger.subjects())
-        assert len(ledger.subjects()) == 3
-        assert all(len(ledger.history(s)) == fits for s in ledger.subjects())
+    # One ledger file per device; a restart reads the same spend, none past its budget.
+    files = sorted(ledgers.glob("client-*.sqlite"))
+    assert len(files) == 3
+    spent = []
+    for path in files:
+        with PrivacyLedger(path) as ledger:
+            (subject,) = ledger.subjects()
+            assert len(ledger.history(subject)) == fits
+            spent.append(ledger.spent(subject, 1e-5))
+    spent.sort()
     assert spent == pytest.approx(sorted(reported.values()), rel=1e-12)
     assert max(spent) <= budget
 
