@@ -78,6 +78,7 @@ def simulate(
     (Ray), with DP-SGD on every virtual device when the experiment enables it,
     and writes metrics.jsonl, summary.json, model.onnx and plots to --out.
     """
+    from edgeai.data import load_dataset  # noqa: PLC0415
     from edgeai.simulation.config import load_experiment  # noqa: PLC0415
     from edgeai.simulation.engine import boot  # noqa: PLC0415
 
@@ -88,6 +89,8 @@ def simulate(
         overrides["simulation.ray_address"] = ray_address
     try:
         exp = load_experiment(experiment, overrides)
+        # Read the data now: a bad file should fail before Ray and torch start.
+        load_dataset(exp.data.dataset, exp.data.validation_fraction, exp.data.split_seed)
     except EdgeAIError as exc:
         raise fail(exc) from None
     boot(exp.simulation, ["edgeai.simulation.cli_view"])  # Ray starts while torch imports

@@ -83,6 +83,8 @@ def load_npz(path: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Read a user's ``.npz`` data file (``X``, ``y``) and convert it to model input."""
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz file (numpy.savez writes one: X=..., y=...)")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = {"X", "y"} - set(data.files)
