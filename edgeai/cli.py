@@ -103,6 +103,61 @@ def simulate(
         raise fail(exc, code) from None
 
 
+@app.command(name="compile")
+def compile_(
+    model: Annotated[Path, typer.Argument(help="ONNX model: one float input, dynamic batch.")],
+    profile: Annotated[
+        str, typer.Option("--profile", "-p", help="Device profile name or YAML path.")
+    ],
+    calibration: Annotated[
+        Path, typer.Option(help="Data file (.npz with X, y) to calibrate int8 and check accuracy.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory (must not exist).")],
+) -> None:
+    """Compile a model into a bundle for one device profile.
+
+    Builds every precision the profile offers (fp32, int8 static/dynamic, fp16), checks
+    each against the fp32 model on the calibration data, times them where this host can
+    stand in for the device, and writes model.onnx, manifest.json and golden.npz to --out.
+    """
+    from edgeai.compile import compile_model  # noqa: PLC0415
+    from edgeai.profiles import load_profile  # noqa: PLC0415
+
+    try:
+        device = load_profile(profile)
+        manifest = compile_model(
+            model, device, calibration, out, progress=lambda m: console.print(f"  {m}")
+        )
+    except EdgeAIError as exc:
+        code = ExitCode.BAD_INPUT if isinstance(exc, ValueError | LookupError) else ExitCode.FAILED
+        raise fail(exc, code) from None
+    acc = manifest["accuracy"]
+    console.print(
+        f"[bold]{manifest['precision']}[/] for {device.name}: "
+        f"{manifest['size_bytes'] / 1e6:.2f} MB, accuracy {acc['bundle']:.4f} "
+        f"(fp32 {acc['fp32']:.4f}); wrote {out}"
+    )
+
+
+@app.command()
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory from `edgeai compile`.")],
+    reference: Annotated[
+        Path | None, typer.Option(help="fp32 ONNX model (default: the manifest's source).")
+    ] = None,
+    repeats: Annotated[int, typer.Option(min=10, help="Timed calls per measurement.")] = 200,
+) -> None:
+    """Time a bundle against ORT fp32 and torch eager fp32: p50/p95 at batch 1, batch 64."""
+    from edgeai.runtime.bench import bench_bundle, render  # noqa: PLC0415
+
+    try:
+        report = bench_bundle(bundle, reference, repeats)
+    except EdgeAIError as exc:
+        code = ExitCode.BAD_INPUT if isinstance(exc, ValueError | LookupError) else ExitCode.FAILED
+        raise fail(exc, code) from None
+    render(report, console)
+
+
 def main() -> None:
     """Entry point of the ``edgeai`` console script."""
     app()

@@ -37,5 +37,9 @@ class PrivacyError(EdgeAIError, ValueError):
     """A differential-privacy setting is impossible or a budget is exhausted."""
 
 
+class CompileError(EdgeAIError, ValueError):
+    """A model cannot be compiled for a profile; the message says why and what to change."""
+
+
 class SimulationError(EdgeAIError, RuntimeError):
     """The simulation engine failed while running an experiment."""

@@ -67,7 +67,7 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
         load_npz(tmp_path / "nope.npz")
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="not an .npz file"):
+    with pytest.raises(DataError, match=r"not an \.npz file"):
         load_npz(junk)
 
 

@@ -1,0 +1,233 @@
+"""The compiler: bundle contents, integrity, versions, int8 quality, atomicity, CLI errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgeai.cli import app
+from edgeai.compile import CompileError, CompileOptions, compile_model
+from edgeai.compile import candidates as cand
+from edgeai.data import load_dataset
+from edgeai.models import build_model
+from edgeai.models.export import export_onnx
+from edgeai.profiles import load_profile
+
+FAST = CompileOptions(calibration_samples=128, eval_samples=400, latency_repeats=20)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A dp-cnn-tiny trained for 300 steps (~90% on MNIST) and a uint8 calibration file."""
+    root = tmp_path_factory.mktemp("compile")
+    split = load_dataset("mnist")
+    model = build_model("dp-cnn-tiny", (1, 28, 28), 10, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.from_numpy(split.train.x), torch.from_numpy(split.train.y)
+    for _ in range(300):
+        idx = torch.randint(0, len(y), (64,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    meta = {"edgeai.round": 7, "edgeai.epsilon": 2.5}
+    path = export_onnx(model, (1, 28, 28), root / "model.onnx", meta)
+    val = split.validation
+    calib = root / "cal.npz"
+    np.savez(calib, X=np.round(val.x[:600, 0] * 255).astype(np.uint8), y=val.y[:600])
+    return path, calib
+
+
+@pytest.fixture(scope="module")
+def avx2_bundle(assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, calib = assets
+    out = tmp_path_factory.mktemp("b") / "avx2"
+    compile_model(model, load_profile("x86-64-avx2"), calib, out, options=FAST)
+    return out
+
+
+def _manifest(bundle: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads((bundle / "manifest.json").read_text())
+    return data
+
+
+def test_bundle_has_the_contract_files_and_fields(avx2_bundle: Path) -> None:
+    assert sorted(p.name for p in avx2_bundle.iterdir()) == [
+        "golden.npz", "manifest.json", "model.onnx"]  # fmt: skip
+    m = _manifest(avx2_bundle)
+    for key in ("model", "profile", "precision", "opset", "ir_version", "inputs", "outputs",
+                "files", "source", "accuracy", "size_bytes", "latency", "execution_providers",
+                "candidates", "chosen", "golden"):  # fmt: skip
+        assert key in m, key
+    assert m["profile"] == "x86-64-avx2"
+    assert m["round"] == 7
+    assert m["epsilon"] == 2.5
+    assert m["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 1, 28, 28]}]
+    assert isinstance(m["latency"], dict)
+    assert m["latency"]["p95_ms_batch1"] > 0
+
+
+def test_sha256s_match_the_files(avx2_bundle: Path, assets: tuple[Path, Path]) -> None:
+    m = _manifest(avx2_bundle)
+    files = m["files"]
+    assert isinstance(files, dict)
+    for name, digest in files.items():
+        assert hashlib.sha256((avx2_bundle / name).read_bytes()).hexdigest() == digest
+    source = m["source"]
+    assert isinstance(source, dict)
+    assert source["sha256"] == hashlib.sha256(assets[0].read_bytes()).hexdigest()
+    assert m["model"] == {"name": "model", "version": files["model.onnx"][:12]}
+
+
+def test_golden_outputs_reproduce(avx2_bundle: Path) -> None:
+    golden = _manifest(avx2_bundle)["golden"]
+    assert isinstance(golden, dict)
+    session = ort.InferenceSession(str(avx2_bundle / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    with np.load(avx2_bundle / "golden.npz") as data:
+        x, want = data[golden["input_key"]], data[golden["output_key"]]
+    got = session.run(None, {"input": x})[0]
+    assert len(x) == golden["samples"] > 0
+    np.testing.assert_allclose(got, want, atol=golden["atol"])
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.85
+
+
+def test_int8_static_wins_on_x86_within_accuracy(avx2_bundle: Path) -> None:
+    m = _manifest(avx2_bundle)
+    cands = {c["precision"]: c for c in m["candidates"]}  # type: ignore[attr-defined]
+    int8, fp32 = cands["int8-static"], cands["fp32"]
+    assert fp32["accuracy"] > 0.8  # the model is trained, so agreement means something
+    assert abs(fp32["accuracy"] - int8["accuracy"]) <= 0.02
+    assert int8["top1_agreement"] >= 0.97
+    assert int8["size_mb"] < fp32["size_mb"]
+    nodes = onnx.load(str(avx2_bundle / "model.onnx")).graph.node
+    quantized = any(op.op_type == "QuantizeLinear" for op in nodes)
+    assert quantized == (m["precision"] == "int8-static")
+    assert "why" in m["chosen"]  # type: ignore[operator]
+
+
+def test_dynamic_int8_is_skipped_for_conv_nets_with_a_reason(avx2_bundle: Path) -> None:
+    skipped = [c for c in _manifest(avx2_bundle)["candidates"]  # type: ignore[attr-defined]
+               if c["precision"] == "int8-dynamic"]  # fmt: skip
+    assert len(skipped) == 1
+    assert "conv-heavy" in skipped[0]["skipped"]
+
+
+def test_linear_heavy_model_gets_dynamic_int8(tmp_path: Path) -> None:
+    src = export_onnx(build_model("fedavg-2nn", (1, 28, 28), 10, seed=0), (1, 28, 28),
+                      tmp_path / "mlp.onnx")  # fmt: skip
+    x = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+    qs = cand.QuantSettings(symmetric=False, reduce_range=False)
+    skip = cand.build_candidate(
+        "int8-dynamic", src, tmp_path / "q.onnx", input_name="input", calibration=x, qs=qs
+    )
+    assert skip is None
+    assert (tmp_path / "q.onnx").stat().st_size < src.stat().st_size / 2
+
+
+def test_jetson_nano_bundle_within_opset_and_ir(assets: tuple[Path, Path], tmp_path: Path) -> None:
+    model, calib = assets
+    profile = load_profile("jetson-nano")
+    m = compile_model(model, profile, calib, tmp_path / "nano", options=FAST)
+    proto = onnx.load(str(tmp_path / "nano" / "model.onnx"))
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset <= profile.opset_max == 13
+    assert m["opset"] == opset
+    assert proto.ir_version <= profile.ir_version_max
+    assert m["precision"] == "fp16"
+    assert m["latency"] is None
+    trt = m["execution_providers"][0]
+    assert trt["name"] == "TensorrtExecutionProvider"
+    assert trt["options"]["trt_fp16_enable"] is True
+
+
+def _leftovers(parent: Path, name: str) -> list[Path]:
+    return [p for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.")]
+
+
+def test_bad_calibration_leaves_nothing(assets: tuple[Path, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, X=np.zeros((10, 32, 32), np.uint8), y=np.zeros(10, np.int64))
+    with pytest.raises(CompileError, match="shape"):
+        compile_model(assets[0], load_profile("rpi5"), bad, tmp_path / "out", options=FAST)
+    assert _leftovers(tmp_path, "out") == []
+
+
+def test_failure_mid_build_leaves_nothing(
+    assets: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_args: object) -> None:
+        raise CompileError("impossible opset")
+
+    monkeypatch.setattr("edgeai.compile.bundle.fit_versions", boom)
+    with pytest.raises(CompileError, match="impossible"):
+        compile_model(assets[0], load_profile("rpi5"), assets[1], tmp_path / "out", options=FAST)
+    assert _leftovers(tmp_path, "out") == []
+
+
+def test_impossible_opset_is_a_clear_error() -> None:
+    from onnx import TensorProto, helper  # noqa: PLC0415
+
+    from edgeai.compile.graph import fit_versions  # noqa: PLC0415
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in "xy"]
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [4], [1.0] * 4)
+    node = helper.make_node("LayerNormalization", ["x", "s"], ["y"])  # new in opset 17
+    graph = helper.make_graph([node], "g", io[:1], io[1:], [scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(CompileError, match=r"opset 18 to 13.*LayerNormalization"):
+        fit_versions(model, 13, 8)
+
+
+def test_cli_compile_writes_a_bundle(assets: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    result = runner.invoke(app, ["compile", str(assets[0]), "--profile", "rpi4",
+                                 "--calibration", str(assets[1]), "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert _manifest(out)["precision"] == "fp32"  # Pi 4: no int8 dot product, conv net
+
+
+def _static_batch(src: Path, dst: Path) -> Path:
+    proto = onnx.load(str(src))
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(proto, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "not found"),
+        ("static", "must be dynamic"),
+        ("profile", "unknown device profile"),
+        ("corrupt", "not a valid ONNX"),
+    ],
+)
+def test_cli_bad_input_exits_2(
+    case: str, message: str, assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, profile = assets[0], "x86-64-avx2"
+    if case == "missing":
+        model = tmp_path / "nope.onnx"
+    elif case == "static":
+        model = _static_batch(assets[0], tmp_path / "static.onnx")
+    elif case == "profile":
+        profile = "x86-64-avx3"
+    else:
+        model = tmp_path / "corrupt.onnx"
+        model.write_bytes(b"not onnx")
+    args = ["compile", str(model), "--profile", profile, "--calibration", str(assets[1])]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert _leftovers(tmp_path, "o") == []
