@@ -10,7 +10,8 @@ simulation engine (Ray) with the same number of virtual clients:
 - **edgeai**: ``edgeai simulate`` on simulations/quickstart.toml (data,
   partitions, DP-SGD, reply validation).
 
-Start-up = (end of round 1 - process launch) - a steady round's duration.
+Start-up = (end of round 1 - process launch) - a steady round's duration.  Every
+launch starts with an empty edgeai cache (no partitions or noise from a previous run).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +34,14 @@ def launch(args: list[str]) -> tuple[float, list[float]]:
     """Run a probe; return (seconds from launch to end of round 1, round durations)."""
     fd, marks = tempfile.mkstemp(suffix=".jsonl")
     os.close(fd)
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    # A cold cache every time: no partitions or calibrated noise from an earlier run.
+    cache = tempfile.mkdtemp(prefix="edgeai-bench-cache-")
+    env = {
+        **os.environ,
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "EDGEAI_CACHE_DIR": cache,
+    }
     t0 = time.time()
     subprocess.run(
         [sys.executable, "-m", "bench._startup_probe", marks, *args],
@@ -44,6 +53,7 @@ def launch(args: list[str]) -> tuple[float, list[float]]:
     )
     ends = [json.loads(line)["t"] for line in Path(marks).read_text().splitlines()]
     Path(marks).unlink()
+    shutil.rmtree(cache, ignore_errors=True)
     rounds = [b - a for a, b in itertools.pairwise(ends)]
     return ends[0] - t0, rounds
 

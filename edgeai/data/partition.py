@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-from pathlib import Path
+import io
 from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
+from edgeai.cache import cache_dir, key_of, write_atomic
 from edgeai.configfile import Frozen
 from edgeai.errors import ConfigError
 
@@ -99,12 +98,6 @@ def partition_indices(
         raise ConfigError(f"cannot partition the data as {spec.model_dump()}: {exc}") from exc
 
 
-def cache_dir() -> Path:
-    """Where computed partitions are kept: ``$EDGEAI_CACHE_DIR`` or ``~/.cache/edgeai``."""
-    root = os.environ.get("EDGEAI_CACHE_DIR") or Path.home() / ".cache" / "edgeai"
-    return Path(root) / "partitions"
-
-
 def cached_partition_indices(
     labels: NDArray[np.int64], num_partitions: int, spec: PartitionSpec
 ) -> list[NDArray[np.int64]]:
@@ -114,10 +107,10 @@ def cached_partition_indices(
     letting the simulation driver compute it while Ray starts) keeps the slow
     ``datasets`` import off each worker's first round.
     """
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(labels).tobytes())
-    digest.update(f"{num_partitions}|{spec.model_dump_json()}".encode())
-    path = cache_dir() / f"{digest.hexdigest()[:32]}.npz"
+    labels_digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
+    path = (
+        cache_dir("partitions") / f"{key_of(labels_digest, num_partitions, spec.model_dump())}.npz"
+    )
     try:
         with np.load(path, allow_pickle=False) as data:
             sizes, flat = data["sizes"], data["indices"]
@@ -125,9 +118,7 @@ def cached_partition_indices(
     except (OSError, KeyError, ValueError):
         pass  # not cached yet, or a torn file: recompute
     parts = partition_indices(labels, num_partitions, spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, sizes=np.array([len(p) for p in parts]), indices=np.concatenate(parts))
-    Path(tmp).replace(path)
+    buffer = io.BytesIO()
+    np.savez(buffer, sizes=np.array([len(p) for p in parts]), indices=np.concatenate(parts))
+    write_atomic(path, buffer.getvalue())
     return parts

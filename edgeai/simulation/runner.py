@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from edgeai.data.datasets import load_dataset
 from edgeai.errors import SimulationError
 from edgeai.fl.client_app import app as default_client_app
-from edgeai.fl.client_app import warm_partitions
+from edgeai.fl.client_app import warm_caches
 from edgeai.fl.plan import ClientPlan
 from edgeai.fl.server_app import FinalState, RoundRecord, ServerPlan, make_server_app
 from edgeai.simulation.config import Experiment
@@ -114,7 +114,7 @@ def run_experiment(
     )
     # Partition while Ray starts: the workers then read it from the on-disk cache.
     threading.Thread(
-        target=warm_partitions, args=(plan, exp.federation.num_clients), daemon=True
+        target=warm_caches, args=(plan, exp.federation.num_clients), daemon=True
     ).start()
     init_ray(exp.simulation)
     # Flower logs every round at INFO and warns that run_simulation is deprecated (see
