@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -102,7 +101,6 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:  # noqa: ARG001  (Flower's signature)
         cp = plan.client
         random.seed(cp.seed)  # Flower samples nodes with the global `random`
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         split = load_dataset(cp.data.dataset, cp.data.validation_fraction, cp.data.split_seed)
         model = build_model(cp.model, cp.input_shape, cp.num_classes, seed=cp.seed)
         initial = ArrayRecord(model.state_dict())

@@ -2,7 +2,6 @@
 
 from edgeai.privacy.accounting import (
     ACCOUNTANTS,
-    PrivacySpend,
     epsilon_for,
     noise_for_target,
 )
@@ -12,7 +11,6 @@ __all__ = [
     "ACCOUNTANTS",
     "CentralPrivacyConfig",
     "PrivacyConfig",
-    "PrivacySpend",
     "epsilon_for",
     "noise_for_target",
 ]

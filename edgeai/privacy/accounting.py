@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 
 from edgeai.cache import cache_dir, key_of, write_atomic
@@ -23,18 +22,6 @@ History = Sequence[tuple[float, float, int]]
 RDP_ORDERS = tuple(
     [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 96, 128, 192, 256, 512, 1024]
 )
-
-
-@dataclass(frozen=True)
-class PrivacySpend:
-    """What one client has spent: enough to recompute ε independently."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
-    epsilon: float
-    accountant: str
 
 
 def _accountant(name: str, history: History):  # type: ignore[no-untyped-def]
