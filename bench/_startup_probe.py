@@ -20,14 +20,16 @@ def flower_alone(path: Path, clients: int, rounds: int) -> None:
 
 
 def edgeai_side(path: Path, clients: int, rounds: int) -> None:
-    # What `edgeai simulate` does: validate the file, boot Ray while importing, run.
+    # What `edgeai simulate` does: validate, warm caches and boot Ray while importing, run.
     from edgeai.simulation.config import load_experiment  # noqa: PLC0415
     from edgeai.simulation.engine import boot  # noqa: PLC0415
+    from edgeai.simulation.warm import start_warming  # noqa: PLC0415
 
     exp = load_experiment(
         Path("simulations/quickstart.toml"),
         {"federation.num_clients": clients, "federation.rounds": rounds},
     )
+    start_warming(exp)
     boot(exp.simulation, ["edgeai.simulation.runner"])
     from edgeai.simulation.runner import run_experiment  # noqa: PLC0415
 

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from edgeai.data.datasets import load_dataset
-from edgeai.fl.client_app import device_of, local_train, warm_caches
+from edgeai.fl.client_app import device_of, local_train
 from edgeai.fl.training import evaluate
 from edgeai.models import build_model
 from edgeai.simulation.config import Experiment
 from edgeai.simulation.runner import client_plan
+from edgeai.simulation.warm import warm_caches
 
 
 @dataclass
@@ -37,7 +38,7 @@ def run_sequential(exp: Experiment, threads: int = 1) -> Iterator[SeqRound]:
     plan, _ = client_plan(exp)
     ledger_dir = tempfile.mkdtemp(prefix="edgeai-seq-")
     plan = plan.model_copy(update={"ledger_dir": ledger_dir})
-    warm_caches(plan, exp.federation.num_clients)
+    warm_caches(exp)
     split = load_dataset(plan.data.dataset, plan.data.validation_fraction, plan.data.split_seed)
     model = build_model(plan.model, plan.input_shape, plan.num_classes, seed=plan.seed)
     state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -81,6 +81,7 @@ def simulate(
     from edgeai.data import load_dataset  # noqa: PLC0415
     from edgeai.simulation.config import load_experiment  # noqa: PLC0415
     from edgeai.simulation.engine import boot  # noqa: PLC0415
+    from edgeai.simulation.warm import start_warming  # noqa: PLC0415
 
     overrides: dict[str, object] = {}
     if rounds is not None:
@@ -93,7 +94,8 @@ def simulate(
         load_dataset(exp.data.dataset, exp.data.validation_fraction, exp.data.split_seed)
     except EdgeAIError as exc:
         raise fail(exc) from None
-    boot(exp.simulation, ["edgeai.simulation.cli_view"])  # Ray starts while torch imports
+    start_warming(exp)  # partitions and DP noise, while Ray starts and torch imports
+    boot(exp.simulation, ["edgeai.simulation.cli_view"])
     from edgeai.simulation.cli_view import run_with_progress  # noqa: PLC0415
 
     try:

@@ -61,18 +61,6 @@ def _partitions(
     return split.train, cached_partition_indices(split.train.y, num_partitions, data.partition)
 
 
-def warm_caches(plan: ClientPlan, num_partitions: int) -> None:
-    """Compute the simulated partitions and each device's DP noise now.
-
-    Called while Ray starts, so that the workers' first round only reads them
-    from the on-disk cache.
-    """
-    _, parts = _partitions(plan.data.model_dump_json(exclude_unset=True), num_partitions)
-    if plan.privacy.enabled and plan.privacy.target_epsilon is not None:
-        for size in sorted({len(p) for p in parts}):
-            plan_dp(size, plan.training, plan.privacy, plan.num_rounds)
-
-
 def local_data(plan: ClientPlan, node_config: Mapping[str, object]) -> ArrayDataset:
     """The device's training data: its ``data-path`` file, or its simulated partition."""
     if "data-path" in node_config:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -13,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from edgeai.data.datasets import ArrayDataset
 from edgeai.fl.plan import TrainingConfig
-from edgeai.privacy.accounting import noise_for_target
+from edgeai.privacy.accounting import dp_session
 from edgeai.privacy.config import PrivacyConfig
 
 
@@ -60,33 +59,11 @@ def train_plain(
     return TrainResult(len(y), total / max(steps, 1), steps)
 
 
-def dp_noise_multiplier(
-    privacy: PrivacyConfig, sample_rate: float, steps_per_round: int, num_rounds: int
-) -> float:
-    """σ for this client: the configured one, or the one that meets the target ε."""
-    if privacy.noise_multiplier is not None:
-        return privacy.noise_multiplier
-    if privacy.target_epsilon is None:  # guarded by PrivacyConfig's validator
-        raise ValueError("privacy needs noise_multiplier or target_epsilon")
-    return noise_for_target(
-        privacy.target_epsilon,
-        privacy.delta,
-        sample_rate,
-        steps_per_round * num_rounds,
-        privacy.accountant,
-    )
-
-
 def plan_dp(
     num_examples: int, cfg: TrainingConfig, privacy: PrivacyConfig, num_rounds: int
 ) -> tuple[float, float, int]:
-    """The DP-SGD session a round will run: (σ, sample rate q = B/n, steps).
-
-    Known before training, so a privacy ledger can refuse it up front.
-    """
-    sample_rate = min(1.0, cfg.batch_size / num_examples)
-    steps = max(1, math.ceil(1 / sample_rate)) * cfg.local_epochs
-    return dp_noise_multiplier(privacy, sample_rate, steps, num_rounds), sample_rate, steps
+    """The DP-SGD session a round will run: (σ, sample rate q = B/n, steps)."""
+    return dp_session(num_examples, cfg.batch_size, cfg.local_epochs, privacy, num_rounds)
 
 
 def train_dp(

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 from edgeai.cache import cache_dir, key_of, write_atomic
 from edgeai.errors import PrivacyError
+from edgeai.privacy.config import PrivacyConfig
 
 ACCOUNTANTS = ("rdp", "prv")
 History = Sequence[tuple[float, float, int]]
@@ -102,3 +103,28 @@ def _noise_for_target(
             f"cannot reach ε = {target_epsilon} at δ = {delta} with sample rate {sample_rate:.4g} "
             f"over {steps} steps: {exc}; raise target_epsilon or lower the number of steps"
         ) from exc
+
+
+def dp_session(
+    num_examples: int,
+    batch_size: int,
+    local_epochs: int,
+    privacy: PrivacyConfig,
+    num_rounds: int,
+) -> tuple[float, float, int]:
+    """The DP-SGD session one round of local training runs: (σ, q = B/n, steps).
+
+    Known before training, so a privacy ledger can refuse it up front.  σ is the
+    configured one, or the one that keeps a device joining all ``num_rounds``
+    rounds within ``privacy.target_epsilon``.
+    """
+    sample_rate = min(1.0, batch_size / num_examples)
+    steps = max(1, math.ceil(1 / sample_rate)) * local_epochs
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier, sample_rate, steps
+    if privacy.target_epsilon is None:
+        raise PrivacyError("privacy needs noise_multiplier or target_epsilon")
+    sigma = noise_for_target(
+        privacy.target_epsilon, privacy.delta, sample_rate, steps * num_rounds, privacy.accountant
+    )
+    return sigma, sample_rate, steps

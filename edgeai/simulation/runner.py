@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -18,11 +17,11 @@ from flwr.clientapp import ClientApp
 from edgeai.data.datasets import load_dataset
 from edgeai.errors import SimulationError
 from edgeai.fl.client_app import app as default_client_app
-from edgeai.fl.client_app import warm_caches
 from edgeai.fl.plan import ClientPlan
 from edgeai.fl.server_app import FinalState, RoundRecord, ServerPlan, make_server_app
 from edgeai.simulation.config import Experiment
 from edgeai.simulation.engine import init_ray
+from edgeai.simulation.warm import start_warming
 
 
 @dataclass
@@ -112,10 +111,7 @@ def run_experiment(
         central=exp.central_privacy,
         central_state_path=central_state_path,
     )
-    # Partition while Ray starts: the workers then read it from the on-disk cache.
-    threading.Thread(
-        target=warm_caches, args=(plan, exp.federation.num_clients), daemon=True
-    ).start()
+    start_warming(exp)  # partitions and σ while Ray starts (a no-op if the CLI did it)
     init_ray(exp.simulation)
     # Flower logs every round at INFO and warns that run_simulation is deprecated (see
     # docs/ARCHITECTURE.md); our own view reports progress, so keep only its errors.
