@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -127,11 +127,13 @@ def _load_arrays(name: str) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     raise UnknownNameError("data set", name, [*BUILTIN_DATASETS, "<path to .npz>"])
 
 
+@lru_cache(maxsize=4)
 def load_dataset(name: str, validation_fraction: float = 0.2, seed: int = 0) -> Split:
     """Load a built-in data set (``mnist``, ``digits``) or an ``.npz`` path, split it.
 
     The split is a seeded permutation, so every process (server, each virtual
-    client) computes the same one without exchanging indices.
+    client) computes the same one without exchanging indices.  Memoised per
+    process (the CLI, the runner and the ServerApp all ask): treat it as read-only.
     """
     if not 0.0 < validation_fraction < 1.0:
         raise DataError(f"validation_fraction must be in (0, 1); got {validation_fraction}")

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -125,27 +124,29 @@ def make_server_app(
             )
         else:
             strategy = ValidatingFedAvg(**common)
-        worst_eps: list[float] = []
-        started = [time.perf_counter()]
+        worst_eps: float | None = None  # ε only grows, so the worst device so far
+        started = time.perf_counter()
+        latest = initial
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            nonlocal worst_eps, started, latest
             model.load_state_dict(arrays.to_torch_state_dict())
             accuracy, loss = evaluate(model, split.validation)
             if server_round > 0:
                 stats = strategy.stats.get(server_round, RoundStats())
                 if stats.epsilon is not None:
-                    worst_eps.append(max([stats.epsilon, *worst_eps]))
+                    worst_eps = max(stats.epsilon, worst_eps or 0.0)
                 now = time.perf_counter()
                 on_round(
                     RoundRecord(
                         round=server_round,
                         accuracy=accuracy,
-                        loss=loss if np.isfinite(loss) else float("nan"),
-                        epsilon=worst_eps[-1] if worst_eps else None,
+                        loss=loss,
+                        epsilon=worst_eps,
                         client_epsilon=stats.client_epsilon,
                         bytes_up=stats.bytes_up,
                         bytes_down=stats.bytes_down,
-                        seconds=now - started[0],
+                        seconds=now - started,
                         train_loss=stats.train_loss,
                         sampled=stats.sampled,
                         accepted=stats.accepted,
@@ -157,13 +158,12 @@ def make_server_app(
                         problems=tuple(stats.reasons[:5]),
                     )
                 )
-                started[0] = now
-                latest[0] = arrays
+                started = now
+                latest = arrays
                 if stats.sampled and stats.refused == stats.sampled:
                     raise _BudgetsExhaustedError(server_round)
             return MetricRecord({"accuracy": accuracy, "loss": loss})
 
-        latest = [initial]
         stopped = None
         try:
             strategy.start(
@@ -192,7 +192,7 @@ def make_server_app(
             }
         on_finish(
             FinalState(
-                arrays=latest[0],
+                arrays=latest,
                 rejected_total=strategy.rejected_total,
                 client_privacy=strategy.client_privacy,
                 stopped=stopped,

@@ -86,15 +86,16 @@ def run_experiment(
         plan = plan.model_copy(update={"ledger_dir": str(ledger_dir)})
     result = SimulationResult(experiment=exp, plan=plan, ledger_dir=ledger_dir)
 
-    first_round_end = [t0]
+    first_round_end = t0
 
     def round_done(record: RoundRecord) -> None:
+        nonlocal first_round_end
         if record.accepted == 0 and record.refused == 0:
             # Nothing to aggregate: a misconfigured client fails the same way every round.
             first = record.problems[0] if record.problems else "no replies"
             raise SimulationError(f"round {record.round}: no client reply was usable; {first}")
         if not result.rounds:
-            first_round_end[0] = time.perf_counter()
+            first_round_end = time.perf_counter()
         result.rounds.append(record)
         if on_round is not None:
             on_round(record)
@@ -137,5 +138,5 @@ def run_experiment(
     result.total_seconds = time.perf_counter() - t0
     # Start-up: to the end of round 1, less what a steady round takes (round 1 itself).
     steady = sorted(r.seconds for r in result.rounds[1:]) or [0.0]
-    result.startup_seconds = first_round_end[0] - t0 - steady[len(steady) // 2]
+    result.startup_seconds = first_round_end - t0 - steady[len(steady) // 2]
     return result
