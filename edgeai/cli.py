@@ -15,6 +15,7 @@ from rich.console import Console
 
 from edgeai import __version__
 from edgeai.errors import EdgeAIError
+from edgeai.agent import commands as agent_commands
 from edgeai.profiles import commands as profile_commands
 
 app = typer.Typer(
@@ -31,6 +32,11 @@ app.add_typer(
     profile_commands.app,
     name="profiles",
     help="List and inspect device profiles (what each class of device can run, and its budgets).",
+)
+app.add_typer(
+    agent_commands.app,
+    name="agent",
+    help="The device daemon (`agent run`), or one bundle served with nothing else (`agent serve`).",
 )
 console = Console()
 err_console = Console(stderr=True)
