@@ -33,3 +33,20 @@ def _no_leaked_threads() -> Iterator[None]:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A trained dp-cnn-tiny as ONNX and a uint8 calibration file (built once per session)."""
+    from tests.bundles import train_and_export  # noqa: PLC0415
+
+    return train_and_export(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_model: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model compiled for x86-64-avx2 (read-only: copy it before changing it)."""
+    from tests.bundles import compile_bundle  # noqa: PLC0415
+
+    model, cal = tiny_model
+    return compile_bundle(model, cal, tmp_path_factory.mktemp("tiny-bundle") / "bundle")
