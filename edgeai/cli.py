@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 
 from edgeai import __version__
-from edgeai.errors import EdgeAIError
 from edgeai.agent import commands as agent_commands
+from edgeai.errors import EdgeAIError
 from edgeai.profiles import commands as profile_commands
 
 app = typer.Typer(
@@ -113,7 +113,12 @@ def simulate(
 
 @app.command(name="compile")
 def compile_(
-    model: Annotated[Path, typer.Argument(help="ONNX model: one float input, dynamic batch.")],
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="ONNX model (one float input, dynamic batch) or an edgeai checkpoint (.npz)."
+        ),
+    ],
     profile: Annotated[
         str, typer.Option("--profile", "-p", help="Device profile name or YAML path.")
     ],
@@ -121,6 +126,10 @@ def compile_(
         Path, typer.Option(help="Data file (.npz with X, y) to calibrate int8 and check accuracy.")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory (must not exist).")],
+    model_version: Annotated[
+        str | None,
+        typer.Option(help="Version recorded in the manifest (default: the model's sha256 prefix)."),
+    ] = None,
 ) -> None:
     """Compile a model into a bundle for one device profile.
 
@@ -134,7 +143,12 @@ def compile_(
     try:
         device = load_profile(profile)
         manifest = compile_model(
-            model, device, calibration, out, progress=lambda m: console.print(f"  {m}")
+            model,
+            device,
+            calibration,
+            out,
+            progress=lambda m: console.print(f"  {m}"),
+            version=model_version,
         )
     except EdgeAIError as exc:
         code = ExitCode.BAD_INPUT if isinstance(exc, ValueError | LookupError) else ExitCode.FAILED

@@ -36,7 +36,8 @@ from edgeai.compile.select import (
     host_stands_in,
 )
 from edgeai.data.datasets import load_npz
-from edgeai.errors import CompileError
+from edgeai.errors import CompileError, DataError, UnknownNameError
+from edgeai.models.checkpoint import is_checkpoint, load_checkpoint
 from edgeai.profiles import DeviceProfile
 from edgeai.runtime.session import cpu_threads, provider_options
 
@@ -84,13 +85,15 @@ def compile_model(
     *,
     options: CompileOptions | None = None,
     progress: Callable[[str], None] | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
     """Compile ``model_path`` for ``profile`` into the bundle directory ``out``.
 
     Parameters
     ----------
     model_path
-        An ONNX model with one float input whose batch dimension is dynamic.
+        An ONNX model with one float input whose batch dimension is dynamic, or an edgeai
+        checkpoint (``.npz``; exported with the torch exporter first, needs the train extra).
     profile
         The device profile: precisions to try, opset/IR limits, budgets, providers.
     calibration
@@ -102,6 +105,9 @@ def compile_model(
         Sample counts and timing effort.
     progress
         Called with a short message at each step.
+    version
+        The model version recorded in the manifest (default: the first 12 hex digits of
+        the bundle model's sha256).
 
     Returns
     -------
@@ -117,13 +123,41 @@ def compile_model(
     say = progress or (lambda _msg: None)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CompileError(f"{out}: already exists; remove it or choose another --out")
+    if not is_checkpoint(model_path):
+        return _compile(model_path, profile, calibration, out, opts, say, version, None)
+    with tempfile.TemporaryDirectory(prefix="edgeai-export-") as exported:
+        say(f"exporting checkpoint {model_path.name} to ONNX")
+        onnx_path = _export(model_path, Path(exported) / f"{model_path.stem}.onnx")
+        # The exported file is temporary: the checkpoint is the source of record.
+        record = {
+            "path": str(model_path.resolve()),
+            "sha256": sha256_file(model_path),
+            "format": "edgeai-checkpoint",
+        }
+        return _compile(onnx_path, profile, calibration, out, opts, say, version, record)
+
+
+def _compile(  # noqa: PLR0917  (private; two call sites above)
+    model_path: Path,
+    profile: DeviceProfile,
+    calibration: Path,
+    out: Path,
+    opts: CompileOptions,
+    say: Callable[[str], None],
+    version: str | None,
+    source_record: dict[str, str] | None,
+) -> dict[str, Any]:
     source = load_source(model_path)
     spec = graph_inputs(source)[0]
     x_cal, x_eval, y_eval = _data(calibration, spec.shape, opts)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        manifest = _build(model_path, source, profile, tmp, (x_cal, x_eval, y_eval), opts, say)
+        data = (x_cal, x_eval, y_eval)
+        manifest = _build(model_path, source, profile, tmp, data, opts, say, version)
+        if source_record is not None:
+            manifest["source"].update(source_record)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
         tmp.chmod(0o755)
         if out.exists():
             out.rmdir()
@@ -142,6 +176,7 @@ def _build(  # noqa: PLR0917  (private; one call site)
     data: tuple[Any, ...],
     opts: CompileOptions,
     say: Callable[[str], None],
+    version: str | None,
 ) -> dict[str, Any]:
     x_cal, x_eval, y_eval = data
     work = tmp / "work"
@@ -208,7 +243,7 @@ def _build(  # noqa: PLR0917  (private; one call site)
         "manifest_version": MANIFEST_VERSION,
         "model": {
             "name": str(prov.get("experiment") or model_path.stem),
-            "version": model_sha[:12],
+            "version": version or model_sha[:12],
         },
         "profile": profile.name,
         "precision": winner.precision,
@@ -267,8 +302,21 @@ def _build(  # noqa: PLR0917  (private; one call site)
         "chosen": {"precision": winner.precision, "why": why},
     }
     shutil.rmtree(work)
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def _export(checkpoint: Path, dst: Path) -> Path:
+    try:
+        from edgeai.models.checkpoint import export_checkpoint  # noqa: PLC0415  (torch)
+    except ImportError as exc:
+        raise CompileError(
+            f"{checkpoint}: exporting a checkpoint needs torch; install edgeai[train] or "
+            "compile the model.onnx that `edgeai simulate` wrote"
+        ) from exc
+    try:
+        return export_checkpoint(load_checkpoint(checkpoint), dst)
+    except (DataError, UnknownNameError) as exc:
+        raise CompileError(str(exc)) from exc
 
 
 def spec_name(model: onnx.ModelProto) -> str:

@@ -1,4 +1,4 @@
-"""Write a simulation's results: metrics.jsonl, summary.json, model.onnx and plots."""
+"""Write a simulation's results: metrics.jsonl, summary.json, model.onnx, checkpoint, plots."""
 
 from __future__ import annotations
 
@@ -91,6 +91,7 @@ def privacy_summary(result: SimulationResult) -> dict[str, Any] | None:
 def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     """Write the output contract of DESIGN.md §5 into ``out_dir``; return the paths."""
     from edgeai.models import build_model  # noqa: PLC0415  (torch)
+    from edgeai.models.checkpoint import checkpoint_from_state, save_checkpoint  # noqa: PLC0415
     from edgeai.models.export import export_onnx  # noqa: PLC0415
 
     if result.final is None:
@@ -115,6 +116,15 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
         "edgeai.client_delta": exp.central_privacy.delta if exp.central_privacy.enabled else None,
     }
     paths["model"] = export_onnx(model, plan.input_shape, out_dir / "model.onnx", provenance)
+    ckpt = checkpoint_from_state(
+        plan.model,
+        plan.input_shape,
+        plan.num_classes,
+        model.state_dict(),
+        round_=last.round,
+        provenance=provenance,
+    )
+    paths["checkpoint"] = save_checkpoint(ckpt, out_dir / "checkpoint.npz")
     for png in plot_rounds(result.rounds, out_dir):
         paths[png.stem] = png
 

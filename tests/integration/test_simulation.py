@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from edgeai.data import load_dataset
+from edgeai.models.checkpoint import load_checkpoint
 from edgeai.privacy import epsilon_for
 from edgeai.simulation.config import load_experiment
 from edgeai.simulation.runner import run_experiment
@@ -97,6 +98,9 @@ def test_two_rounds_four_clients_with_dp_through_the_cli(tmp_path: Path) -> None
     assert float(meta["edgeai.delta"]) == 1e-5
     assert (out / "accuracy.png").stat().st_size > 1000
     assert (out / "epsilon.png").stat().st_size > 1000
+    ckpt = load_checkpoint(out / "checkpoint.npz")  # what `edgeai compile` also takes
+    assert (ckpt.model, ckpt.round) == (summary["model"]["name"], summary["rounds"])
+    assert ckpt.provenance["edgeai.epsilon"] == pytest.approx(summary["epsilon"])
 
 
 def test_poisoned_replies_are_rejected_and_counted(tmp_path: Path) -> None:
