@@ -54,7 +54,7 @@ def test_crashing_child_is_restarted_with_growing_delays(tmp_path: Path) -> None
     exits = [f for k, f in events if k == "process_exited"]
     assert [f["code"] for f in exits[:3]] == [3, 3, 3]
     assert [f["restart_in_s"] for f in exits[:3]] == [0.05, 0.1, 0.2]
-    assert (tmp_path / "crasher.log").read_text().count("boom") >= 4
+    assert (tmp_path / "crasher.log").read_text().count("boom") >= 3  # the 4th may be stopped early
 
 
 def test_killed_child_comes_back_and_stop_terminates_it() -> None:
