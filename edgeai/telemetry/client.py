@@ -1,0 +1,316 @@
+"""The node's telemetry: every message goes to the SQLite outbox, a thread pumps it to MQTT.
+
+The caller never waits for the network: :meth:`Telemetry.event` and friends return once the
+message is durable in the outbox.  A background thread hands queued rows, oldest first, to
+the transport (at most ``transport_window`` unacknowledged at a time, so paho's RAM queue
+stays bounded) and deletes rows in batches, one transaction per batch, when their PUBACKs
+arrive.  Whatever is not acknowledged when the process ends is sent by the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+
+from edgeai.configfile import Frozen
+from edgeai.telemetry.mqtt import MqttOptions, PahoTransport, Transport, TransportError, Will
+from edgeai.telemetry.outbox import Outbox, OutboxError
+from edgeai.telemetry.topics import WILL_SEQ, Envelope, NodeTopics, check_name
+
+log = logging.getLogger(__name__)
+_SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
+
+
+class TelemetryConfig(Frozen):
+    """The ``[telemetry]`` settings of an agent."""
+
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    fleet: str = "default"
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    outbox_path: Path = Path("telemetry-outbox.sqlite")
+    outbox_max_messages: int = Field(100_000, ge=1)
+    # NORMAL survives process crashes, FULL also power loss (an fsync per message).
+    outbox_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    keepalive_s: int = Field(30, ge=1, le=65535)
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, le=0xFFFFFFFF)
+    metrics_interval_s: float = Field(60.0, ge=0)  # own outbox stats as metrics; 0 = off
+    max_inflight: int = Field(20, ge=1, le=65535)  # QoS 1 messages on the wire
+    transport_window: int = Field(500, ge=1, le=30_000)  # handed to paho, not yet acked
+    reconnect_min_s: int = Field(1, ge=1)
+    reconnect_max_s: int = Field(30, ge=1)
+
+    @field_validator("fleet")
+    @classmethod
+    def _fleet_is_a_topic_level(cls, value: str) -> str:
+        return check_name(value, "fleet")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in _SCHEMES or not parts.hostname:
+            raise ValueError("use mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"bad port in {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _tls_files_need_mqtts(self) -> TelemetryConfig:
+        tls_files = self.ca_file or self.certfile or self.keyfile
+        if tls_files and not self.broker_url.startswith("mqtts://"):
+            raise ValueError("ca_file/certfile/keyfile are set but broker_url is not mqtts://")
+        if self.keyfile and not self.certfile:
+            raise ValueError("keyfile without certfile: set certfile too")
+        if self.password is not None and self.username is None:
+            raise ValueError("password without username: set username too")
+        return self
+
+    def mqtt_options(self, client_id: str) -> MqttOptions:
+        """The paho transport settings for one client id."""
+        parts = urlsplit(self.broker_url)
+        tls, default_port = _SCHEMES[parts.scheme]
+        return MqttOptions(
+            host=parts.hostname or "",
+            port=parts.port or default_port,
+            client_id=client_id,
+            tls=tls,
+            username=self.username,
+            password=self.password,
+            ca_file=str(self.ca_file) if self.ca_file else None,
+            certfile=str(self.certfile) if self.certfile else None,
+            keyfile=str(self.keyfile) if self.keyfile else None,
+            keepalive_s=self.keepalive_s,
+            session_expiry_s=self.session_expiry_s,
+            max_inflight=self.max_inflight,
+            reconnect_min_s=self.reconnect_min_s,
+            reconnect_max_s=max(self.reconnect_min_s, self.reconnect_max_s),
+        )
+
+
+class Telemetry:
+    """Durable telemetry of one node.
+
+    Parameters
+    ----------
+    config
+        Broker, fleet and outbox settings.
+    node
+        The node name (one topic level; also the stable MQTT client id's suffix).
+    transport
+        The MQTT link; a :class:`~edgeai.telemetry.mqtt.PahoTransport` from ``config`` if None.
+    clock
+        Wall-clock time for payload timestamps.
+    monotonic
+        Time for deadlines and the metrics interval.
+    boot_id
+        This run's id (a fresh UUID if None).
+    """
+
+    def __init__(
+        self,
+        config: TelemetryConfig,
+        node: str,
+        *,
+        transport: Transport | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        boot_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.topics = NodeTopics(config.fleet, node)
+        self.node = node
+        self.boot_id = boot_id or uuid.uuid4().hex
+        self.client_id = f"edgeai-{config.fleet}-{node}"
+        self._clock, self._monotonic = clock, monotonic
+        self._transport = transport or PahoTransport(config.mqtt_options(self.client_id))
+        self._outbox = Outbox(
+            config.outbox_path,
+            self.boot_id,
+            max_messages=config.outbox_max_messages,
+            synchronous=config.outbox_synchronous,
+        )
+        self._cond = threading.Condition()
+        self._acks: list[tuple[int, int]] = []
+        self._inflight: dict[int, int] = {}  # transport handle -> outbox row id
+        self._last_sent = 0
+        self._dirty = True
+        self._connections = 0
+        self._reconnected = False
+        self._stopping = False
+        self._delivered = 0
+        self._rejected = 0
+        self._last_status: dict[str, Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- the caller's side -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background and start pumping the outbox (idempotent)."""
+        if self._thread is not None:
+            return
+        self._transport.set_callbacks(self._on_ack, self._on_connection)
+        will = Envelope(self.node, self.boot_id, WILL_SEQ, self._clock(), {"state": "offline"})
+        self._transport.connect(Will(self.topics.status, will.encode()))
+        self._thread = threading.Thread(
+            target=self._run, name=f"edgeai-telemetry-{self.node}", daemon=True
+        )
+        self._thread.start()
+
+    def status(self, state: str, **fields: Any) -> int:
+        """Publish the node's retained status (e.g. ``"online"``); returns the seq."""
+        body = {"state": state, **fields}
+        self._last_status = body
+        return self._enqueue(self.topics.status, body, retain=True)
+
+    def profile(self, profile: Mapping[str, Any]) -> int:
+        """Publish the node's retained device profile; returns the seq."""
+        return self._enqueue(self.topics.profile, dict(profile), retain=True)
+
+    def event(self, kind: str, **fields: Any) -> int:
+        """Publish an event on ``events/<kind>``; returns the seq."""
+        return self._enqueue(self.topics.event(kind), fields)
+
+    def metrics(self, values: Mapping[str, Any]) -> int:
+        """Publish metrics, with the outbox's own queued and dropped counts; returns the seq."""
+        outbox = {"queued": len(self._outbox), "dropped": self._outbox.dropped}
+        return self._enqueue(self.topics.telemetry, {"metrics": dict(values), "outbox": outbox})
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: queued and dropped (from the outbox file), delivered, rejected, connected."""
+        return {
+            "queued": len(self._outbox),
+            "dropped": self._outbox.dropped,
+            "delivered": self._delivered,
+            "rejected": self._rejected,
+            "connected": self._transport.is_connected(),
+            "boot_id": self.boot_id,
+        }
+
+    def stop(self, flush_timeout_s: float = 10.0) -> bool:
+        """Publish retained status "stopped", flush until empty or timeout, disconnect.
+
+        Returns True when the outbox was emptied.  What is left stays on disk for the next
+        start; in that case the broker is asked to publish the "offline" will, since the
+        "stopped" status may not have reached it.
+        """
+        if self._closed:
+            return len(self._outbox) == 0
+        flushed = False
+        if self._thread is not None:
+            self.status("stopped")
+            deadline = self._monotonic() + flush_timeout_s
+            with self._cond:
+                while len(self._outbox) and (left := deadline - self._monotonic()) > 0:
+                    self._cond.wait(min(left, 0.1))
+                self._stopping = True
+                self._cond.notify_all()
+            self._thread.join()
+            flushed = len(self._outbox) == 0
+            self._transport.disconnect(send_will=not flushed)
+        else:
+            flushed = len(self._outbox) == 0
+        self._closed = True
+        self._outbox.close()
+        return flushed
+
+    def __enter__(self) -> Telemetry:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _enqueue(self, topic: str, body: dict[str, Any], *, retain: bool = False) -> int:
+        def payload(seq: int) -> bytes:
+            return Envelope(self.node, self.boot_id, seq, self._clock(), body).encode()
+
+        seq = self._outbox.enqueue(topic, payload, qos=1, retain=retain)
+        with self._cond:
+            self._dirty = True
+            self._cond.notify_all()
+        return seq
+
+    # -- transport callbacks (paho's network thread) -----------------------------------
+
+    def _on_ack(self, handle: int, reason: int) -> None:
+        with self._cond:
+            self._acks.append((handle, reason))
+            self._cond.notify_all()
+
+    def _on_connection(self, up: bool) -> None:
+        if not up:
+            return
+        with self._cond:
+            self._connections += 1
+            # After a reconnect the broker may have published the "offline" will: say again
+            # what the status is.
+            self._reconnected = self._connections > 1
+            self._cond.notify_all()
+
+    # -- the pump thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = self.config.metrics_interval_s
+        next_metrics = self._monotonic() + interval
+        while True:
+            with self._cond:
+                if not (self._acks or self._dirty or self._reconnected or self._stopping):
+                    self._cond.wait(timeout=min(interval or 1.0, 1.0))
+                acks, self._acks = self._acks, []
+                reconnected, self._reconnected = self._reconnected, False
+                self._dirty = False
+                stopping = self._stopping
+            try:
+                self._apply_acks(acks)
+                if stopping:
+                    return
+                if reconnected and self._last_status is not None:
+                    self.status(**self._last_status)
+                if interval and self._monotonic() >= next_metrics:
+                    next_metrics = self._monotonic() + interval
+                    self.metrics({})
+                self._fill()
+            except (OutboxError, TransportError):
+                log.exception("telemetry pump failed; retrying in a second")
+                time.sleep(1.0)
+
+    def _apply_acks(self, acks: list[tuple[int, int]]) -> None:
+        ids = []
+        for handle, reason in acks:
+            row_id = self._inflight.pop(handle, None)
+            if row_id is None:
+                continue
+            if reason >= 0x80:  # MQTT 5 failure, e.g. 135 not authorized: retrying won't help
+                self._rejected += 1
+                log.warning("broker rejected telemetry row %d with reason code %d", row_id, reason)
+            else:
+                self._delivered += 1
+            ids.append(row_id)
+        if ids:
+            self._outbox.ack(ids)
+            with self._cond:
+                self._cond.notify_all()  # stop() waits for the outbox to empty
+
+    def _fill(self) -> None:
+        free = self.config.transport_window - len(self._inflight)
+        if free <= 0:
+            return
+        for row in self._outbox.pending(free, after_id=self._last_sent):
+            handle = self._transport.publish(row.topic, row.payload, row.qos, row.retain)
+            self._inflight[handle] = row.id
+            self._last_sent = row.id

@@ -1,0 +1,249 @@
+"""A durable, bounded SQLite outbox: telemetry is written here first, and deleted on PUBACK.
+
+Durability.  The file is in WAL mode and every :meth:`Outbox.enqueue` is one ``BEGIN
+IMMEDIATE`` transaction, so once ``enqueue`` returns the row survives the process being
+SIGKILLed at any later moment.  ``synchronous`` defaults to ``NORMAL``: in WAL mode a commit
+then reaches the OS (which keeps it across a process crash) without an fsync, which would
+cost a disk flush per telemetry message and wear an SD card; the database can never be
+corrupted, only the last commits before a *power loss* can roll back.  Devices that must
+keep those choose ``FULL`` (an fsync of the WAL per commit).  See
+https://www.sqlite.org/pragma.html#pragma_synchronous and https://www.sqlite.org/wal.html.
+
+Bound.  At most ``max_messages`` rows are kept.  On overflow the oldest non-retained row is
+dropped (a retained status/profile is state a late subscriber needs; a metric sample is not),
+and the drop is counted in the file, so the count survives restarts and can be reported.
+
+Sequence numbers are per boot: each process run has a new ``boot_id`` and numbers its rows
+1, 2, 3, ... in the ``boots`` table.  Rows of earlier boots keep their own boot id and seq and
+are still delivered, in insertion (``id``) order, before anything newer.
+
+One process owns an outbox file at a time; within it the object is thread-safe.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edgeai.errors import EdgeAIError
+
+Synchronous = Literal["NORMAL", "FULL"]
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS boots (boot_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL CHECK (qos IN (0, 1, 2)),
+    retain INTEGER NOT NULL CHECK (retain IN (0, 1)),
+    boot_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    UNIQUE (boot_id, seq)
+);
+CREATE INDEX IF NOT EXISTS messages_droppable ON messages (retain, id);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);
+"""
+
+
+class OutboxError(EdgeAIError, OSError):
+    """The outbox file cannot be opened, read or written."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One queued message."""
+
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    boot_id: str
+    seq: int
+
+
+class Outbox:
+    """The SQLite outbox of one node.
+
+    Parameters
+    ----------
+    path
+        The database file (created with its directory if missing).
+    boot_id
+        This process run's boot id; rows enqueued now carry it.
+    max_messages
+        The bound; the oldest non-retained rows are dropped beyond it.
+    synchronous
+        ``"NORMAL"`` (survives process crashes) or ``"FULL"`` (also power loss).
+    timeout_s
+        How long to wait for a lock held by another connection.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        boot_id: str,
+        *,
+        max_messages: int = 100_000,
+        synchronous: Synchronous = "NORMAL",
+        timeout_s: float = 5.0,
+    ) -> None:
+        if max_messages < 1:
+            raise OutboxError(f"max_messages must be ≥ 1; got {max_messages}")
+        if synchronous not in ("NORMAL", "FULL"):
+            raise OutboxError(f"synchronous must be 'NORMAL' or 'FULL'; got {synchronous!r}")
+        self.path = Path(path)
+        self.boot_id = boot_id
+        self.max_messages = max_messages
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit mode: transactions are the explicit BEGIN IMMEDIATE ... COMMIT below.
+            self._db = sqlite3.connect(
+                self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(_SCHEMA)
+            with self._transaction():
+                self._db.execute(
+                    "INSERT OR IGNORE INTO boots (boot_id, last_seq) VALUES (?, 0)", (boot_id,)
+                )
+                # Forget finished boots so the table stays as small as the backlog.
+                self._db.execute(
+                    "DELETE FROM boots WHERE boot_id != ? AND boot_id NOT IN "
+                    "(SELECT DISTINCT boot_id FROM messages)",
+                    (boot_id,),
+                )
+            (self._count,) = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open the telemetry outbox {self.path}: {exc}") from exc
+
+    def _transaction(self) -> _Tx:
+        return _Tx(self._db)
+
+    def enqueue(
+        self,
+        topic: str,
+        payload: bytes | Callable[[int], bytes],
+        *,
+        qos: int = 1,
+        retain: bool = False,
+    ) -> int:
+        """Store one message durably and return its sequence number in this boot.
+
+        ``payload`` may be a function of the sequence number (so the number can be written
+        into the payload inside the same transaction).
+        """
+        if qos not in (0, 1, 2):
+            raise OutboxError(f"qos must be 0, 1 or 2; got {qos!r}")
+        try:
+            with self._lock, self._transaction():
+                (seq,) = self._db.execute(
+                    "UPDATE boots SET last_seq = last_seq + 1 WHERE boot_id = ? RETURNING last_seq",
+                    (self.boot_id,),
+                ).fetchone()
+                body = payload(seq) if callable(payload) else payload
+                self._db.execute(
+                    "INSERT INTO messages (topic, payload, qos, retain, boot_id, seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (topic, body, qos, int(retain), self.boot_id, seq),
+                )
+                self._count += 1
+                if self._count > self.max_messages:
+                    self._drop_oldest(self._count - self.max_messages)
+        except sqlite3.Error as exc:
+            with self._lock:
+                self._recount()
+            raise OutboxError(f"cannot write to the telemetry outbox {self.path}: {exc}") from exc
+        return int(seq)
+
+    def _drop_oldest(self, n: int) -> None:
+        for retained in (0, 1):  # retained rows only if nothing else is left to drop
+            if n <= 0:
+                return
+            cur = self._db.execute(
+                "DELETE FROM messages WHERE id IN "
+                "(SELECT id FROM messages WHERE retain = ? ORDER BY id LIMIT ?)",
+                (retained, n),
+            )
+            n -= cur.rowcount
+            self._count -= cur.rowcount
+            self._db.execute(
+                "UPDATE meta SET value = value + ? WHERE key = 'dropped'", (cur.rowcount,)
+            )
+
+    def _recount(self) -> None:
+        (self._count,) = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()
+
+    def pending(self, limit: int, after_id: int = 0) -> list[Row]:
+        """Up to ``limit`` queued rows with ``id > after_id``, oldest first."""
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT id, topic, payload, qos, retain, boot_id, seq FROM messages "
+                    "WHERE id > ? ORDER BY id LIMIT ?",
+                    (after_id, limit),
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot read the telemetry outbox {self.path}: {exc}") from exc
+        return [Row(i, t, bytes(p), q, bool(r), b, s) for i, t, p, q, r, b, s in rows]
+
+    def ack(self, ids: Iterable[int]) -> int:
+        """Delete delivered rows in one transaction; returns how many were still there."""
+        batch = [(i,) for i in ids]
+        if not batch:
+            return 0
+        try:
+            with self._lock, self._transaction():
+                before = self._db.total_changes
+                self._db.executemany("DELETE FROM messages WHERE id = ?", batch)
+                deleted = self._db.total_changes - before
+                self._count -= deleted
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot update the telemetry outbox {self.path}: {exc}") from exc
+        return deleted
+
+    def __len__(self) -> int:
+        return int(self._count)
+
+    @property
+    def dropped(self) -> int:
+        """How many messages overflow has dropped from this file, ever."""
+        try:
+            with self._lock:
+                (value,) = self._db.execute(
+                    "SELECT value FROM meta WHERE key = 'dropped'"
+                ).fetchone()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot read the telemetry outbox {self.path}: {exc}") from exc
+        return int(value)
+
+    def close(self) -> None:
+        """Close the database (rows stay on disk for the next run)."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Tx:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -1,0 +1,147 @@
+"""The SQLite outbox (order, seq per boot, bound, persistence) and the consumer Deduplicator."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeai.telemetry import Deduplicator, Outbox, OutboxError
+
+
+def test_enqueue_pending_ack_in_order(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", "boot-1") as box:
+        seqs = [box.enqueue(f"t/{i}", f"p{i}".encode(), retain=i == 0) for i in range(5)]
+        assert seqs == [1, 2, 3, 4, 5]
+        rows = box.pending(10)
+        assert [r.topic for r in rows] == [f"t/{i}" for i in range(5)]
+        assert [r.seq for r in rows] == seqs
+        assert (rows[0].retain, rows[1].retain) == (True, False)
+        assert (rows[0].payload, rows[0].qos, rows[0].boot_id) == (b"p0", 1, "boot-1")
+        assert [r.id for r in box.pending(2, after_id=rows[1].id)] == [rows[2].id, rows[3].id]
+        assert box.ack([rows[0].id, rows[2].id, 999]) == 2
+        assert box.ack([rows[0].id]) == 0  # a duplicate PUBACK is harmless
+        assert [r.seq for r in box.pending(10)] == [2, 4, 5]
+        assert len(box) == 3
+
+
+def test_payload_function_sees_its_seq_inside_the_transaction(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", "b") as box:
+        box.enqueue("t", b"x")
+        assert box.enqueue("t", lambda seq: f"seq={seq}".encode()) == 2
+        assert box.pending(5)[-1].payload == b"seq=2"
+
+        def boom(seq: int) -> bytes:
+            raise ValueError(seq)
+
+        with pytest.raises(ValueError, match="3"):
+            box.enqueue("t", boom)
+        assert len(box) == 2  # rolled back, and the seq was not consumed
+        assert box.enqueue("t", b"y") == 3
+
+
+def test_a_new_boot_numbers_afresh_and_keeps_the_old_boots_rows(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, "old") as box:
+        for _ in range(3):
+            box.enqueue("t", b"old")
+    with Outbox(path, "new") as box:
+        assert box.enqueue("t", b"new") == 1
+        rows = box.pending(10)
+        assert [(r.boot_id, r.seq) for r in rows] == [
+            ("old", 1),
+            ("old", 2),
+            ("old", 3),
+            ("new", 1),
+        ]
+        box.ack(r.id for r in rows)
+    with Outbox(path, "new") as box:  # the same boot id continues its numbering
+        assert box.enqueue("t", b"again") == 2
+    with Outbox(path, "third"):
+        pass
+    boots = sqlite3.connect(path).execute("SELECT boot_id FROM boots ORDER BY 1").fetchall()
+    assert boots == [("new",), ("third",)]  # finished boots are forgotten
+
+
+def test_overflow_drops_oldest_non_retained_and_counts_persistently(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, "b", max_messages=4) as box:
+        box.enqueue("status", b"s1", retain=True)
+        for i in range(6):
+            box.enqueue("m", f"m{i}".encode())
+        assert len(box) == 4
+        assert [r.payload for r in box.pending(10)] == [b"s1", b"m3", b"m4", b"m5"]
+        assert box.dropped == 3
+    with Outbox(path, "b2", max_messages=4) as box:
+        assert box.dropped == 3
+        assert len(box) == 4
+
+
+def test_retained_rows_go_only_when_nothing_else_is_left(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", "b", max_messages=2) as box:
+        for i in range(3):
+            box.enqueue("status", f"s{i}".encode(), retain=True)
+        assert [r.payload for r in box.pending(5)] == [b"s1", b"s2"]
+        assert box.dropped == 1
+
+
+def test_bad_arguments_and_files_raise_outbox_errors(tmp_path: Path) -> None:
+    with pytest.raises(OutboxError, match="max_messages"):
+        Outbox(tmp_path / "o.db", "b", max_messages=0)
+    with pytest.raises(OutboxError, match="synchronous"):
+        Outbox(tmp_path / "o.db", "b", synchronous="OFF")  # type: ignore[arg-type]
+    not_a_db = tmp_path / "junk.db"
+    not_a_db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(OutboxError, match=r"junk\.db"):
+        Outbox(not_a_db, "b")
+    with Outbox(tmp_path / "o.db", "b") as box, pytest.raises(OutboxError, match="qos"):
+        box.enqueue("t", b"x", qos=3)
+
+
+def test_wal_mode_and_synchronous_setting(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", "b", synchronous="FULL") as box:
+        box.enqueue("t", b"x")
+        assert box._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert box._db.execute("PRAGMA synchronous").fetchone() == (2,)
+
+
+# -- Deduplicator --------------------------------------------------------------------
+
+
+@given(
+    keys=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b"]), st.sampled_from(["boot1", "boot2"]), st.integers(0, 60)
+        ),
+        max_size=200,
+    )
+)
+def test_dedup_accepts_each_key_exactly_once(keys: list[tuple[str, str, int]]) -> None:
+    dedup = Deduplicator(window=1000)
+    accepted = [k for k in keys if dedup.is_new(*k)]
+    assert sorted(accepted) == sorted(set(keys))
+
+
+def test_dedup_memory_is_bounded() -> None:
+    dedup = Deduplicator(window=8, max_streams=3)
+    # Gaps (seq 0 never arrives) would grow the set without the window.
+    for seq in range(1, 1000, 2):
+        assert dedup.is_new("n", "b", seq)
+    stream = dedup._streams[("n", "b")]
+    assert len(stream.seen) <= 8
+    assert not dedup.is_new("n", "b", 991)  # recent repeats are still caught
+    for boot in range(10):
+        dedup.is_new("n", f"boot{boot}", 1)
+    assert len(dedup) == 3
+    with pytest.raises(ValueError, match="window"):
+        Deduplicator(window=0)
+
+
+def test_dedup_in_order_stream_keeps_no_set() -> None:
+    dedup = Deduplicator()
+    assert all(dedup.is_new("n", "b", s) for s in range(1, 500))
+    assert not dedup.is_new("n", "b", 7)
+    assert dedup._streams[("n", "b")].seen == set()
