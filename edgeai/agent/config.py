@@ -1,0 +1,155 @@
+"""``agent.toml``: everything one device's agent needs, validated when it is read.
+
+Relative paths are resolved against ``state_dir`` (for state) or the config file's folder
+(for files the operator provides), so one file works from any working directory.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from edgeai.configfile import Frozen, load
+from edgeai.discovery.config import DiscoveryConfig
+from edgeai.serving.server import ServingConfig
+from edgeai.telemetry.client import TelemetryConfig
+
+_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
+
+
+class FederationConfig(Frozen):
+    """``[federation]``: the Flower SuperNode the agent keeps running."""
+
+    enabled: bool = True
+    # Fleet API of the SuperLink as HOST:PORT; leave it out to find it with zeroconf.
+    superlink: str | None = None
+    insecure: bool = False
+    root_certificates: Path | None = None
+    auth_private_key: Path | None = None  # the node's key; the operator enrolls its public half
+    runtime_port: int = Field(9094, ge=1, le=65535)  # two agents on one host need two ports
+    executable: str = "flower-supernode"
+    restart_initial_s: float = Field(1.0, gt=0)
+    restart_max_s: float = Field(60.0, gt=0)
+
+    @field_validator("superlink")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None and not _HOSTPORT.match(value):
+            raise ValueError("write the Fleet API address as HOST:PORT, e.g. '10.0.0.5:9092'")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_choice(self) -> FederationConfig:
+        if self.insecure and self.root_certificates is not None:
+            raise ValueError("insecure = true and root_certificates set: choose one")
+        return self
+
+
+class UpdatesConfig(Frozen):
+    """``[updates]``: signed model releases pulled from the artifact repository (TUF)."""
+
+    enabled: bool = True
+    # Base URL of the repository (metadata/ and targets/); leave it out to use the one the
+    # server advertises over zeroconf.
+    repository_url: str | None = None
+    trusted_root: Path | None = None  # the pinned root.json the device was enrolled with
+    interval_s: float = Field(60.0, gt=0)
+    max_bundle_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    download_deadline_s: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> UpdatesConfig:
+        if self.enabled and self.trusted_root is None:
+            raise ValueError(
+                "updates need the pinned TUF root: set trusted_root = 'root.json' "
+                "(or enabled = false to serve only the installed model)"
+            )
+        return self
+
+
+class AgentConfig(Frozen):
+    """The whole ``agent.toml``."""
+
+    node: str
+    profile: str  # a profile name (`edgeai profiles list`) or a YAML path
+    state_dir: Path = Path("/var/lib/edgeai")
+    data: Path | None = None  # this device's training data (.npz X, y); None: serve only
+    bundle: Path | None = None  # a factory bundle to serve until the first release arrives
+    metrics_interval_s: float = Field(30.0, gt=0)
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    updates: UpdatesConfig = Field(default_factory=lambda: UpdatesConfig(enabled=False))
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    telemetry: TelemetryConfig | None = None  # None: no broker (metrics only on /metrics)
+    discovery: DiscoveryConfig | None = Field(default_factory=DiscoveryConfig)
+
+    @field_validator("node")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        if not _NODE.match(value):
+            raise ValueError(
+                "use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit "
+                "(it is an MQTT topic level and an mDNS instance name)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _needs(self) -> AgentConfig:
+        if self.federation.enabled and self.data is None:
+            raise ValueError(
+                "federation.enabled needs data = 'PATH.npz' (this device's training data), "
+                "or set federation.enabled = false to serve only"
+            )
+        if self.discovery is None:
+            if self.federation.enabled and self.federation.superlink is None:
+                raise ValueError("discovery is off, so set federation.superlink = 'HOST:PORT'")
+            if self.updates.enabled and self.updates.repository_url is None:
+                raise ValueError("discovery is off, so set updates.repository_url")
+        return self
+
+
+def _anchor(path: Path | None, base: Path) -> Path | None:
+    return None if path is None or path.is_absolute() else base / path
+
+
+def load_agent_config(path: Path) -> AgentConfig:
+    """Read ``agent.toml``; relative paths become relative to the file's folder.
+
+    Raises
+    ------
+    ConfigError
+        The file, field and fix of the first problems found.
+    """
+    cfg = load(AgentConfig, path)
+    base = path.resolve().parent
+    state = _anchor(cfg.state_dir, base) or cfg.state_dir
+    fed, upd = cfg.federation, cfg.updates
+    tel = cfg.telemetry
+    changes: dict[str, object] = {
+        "state_dir": state,
+        "data": _anchor(cfg.data, base) or cfg.data,
+        "bundle": _anchor(cfg.bundle, base) or cfg.bundle,
+        "federation": fed.model_copy(
+            update={
+                "root_certificates": _anchor(fed.root_certificates, base) or fed.root_certificates,
+                "auth_private_key": _anchor(fed.auth_private_key, base) or fed.auth_private_key,
+            }
+        ),
+        "updates": upd.model_copy(
+            update={"trusted_root": _anchor(upd.trusted_root, base) or upd.trusted_root}
+        ),
+    }
+    if tel is not None:
+        changes["telemetry"] = tel.model_copy(
+            update={
+                "outbox_path": _anchor(tel.outbox_path, state) or tel.outbox_path,
+                **{
+                    k: _anchor(getattr(tel, k), base) or getattr(tel, k)
+                    for k in ("ca_file", "certfile", "keyfile")
+                },
+            }
+        )
+    return cfg.model_copy(update=changes)

@@ -1,0 +1,1 @@
+"""The federation server: SuperLink supervision, releases, telemetry collection, fleet status."""
