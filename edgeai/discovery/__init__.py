@@ -13,6 +13,7 @@ browser stops asking after its start-up queries).  mDNS is never a liveness sign
 from edgeai.discovery.advert import FederationAdvert
 from edgeai.discovery.browse import Directory, Discovery
 from edgeai.discovery.config import DiscoveryConfig, DiscoveryError
+from edgeai.discovery.memory import AgentDiscovery, MemoryDiscovery, MemoryLan
 from edgeai.discovery.records import (
     AgentInfo,
     Peer,
@@ -25,12 +26,15 @@ from edgeai.discovery.records import (
 )
 
 __all__ = [
+    "AgentDiscovery",
     "AgentInfo",
     "Directory",
     "Discovery",
     "DiscoveryConfig",
     "DiscoveryError",
     "FederationAdvert",
+    "MemoryDiscovery",
+    "MemoryLan",
     "Peer",
     "Ports",
     "ServerInfo",

@@ -246,26 +246,20 @@ class Discovery:
         if service_type == self._config.server_type:
             server = parse_server_txt(info.text, name=name, addresses=addresses)
             if server is None:
-                log.debug("discovery: ignoring %s with an unreadable TXT record", name)
+                self._unreadable(name)
                 return
             self._directory.put_server(server)
             return
         agent = parse_agent_txt(info.text, addresses=addresses)
         if agent is None:
-            log.debug("discovery: ignoring %s with an unreadable TXT record", name)
+            self._unreadable(name)
             return
-        self._directory.put_peer(
-            Peer(
-                name=name,
-                node=agent.node,
-                fleet=agent.fleet,
-                profile=agent.profile,
-                model_version=agent.model_version,
-                addresses=agent.addresses,
-                ports=agent.ports,
-                last_seen=self._clock(),
-            )
-        )
+        self._directory.put_peer(Peer.of(name, agent, self._clock()))
+
+    def _unreadable(self, name: str) -> None:
+        # An entry whose TXT record turned to garbage is no longer trusted either.
+        log.debug("discovery: ignoring %s with an unreadable TXT record", name)
+        self._directory.remove(name)
 
     def __enter__(self) -> Self:
         self.start()

@@ -166,6 +166,20 @@ class Peer:
     ports: Ports
     last_seen: float
 
+    @classmethod
+    def of(cls, name: str, agent: AgentInfo, last_seen: float) -> Peer:
+        """The peer that advertises ``agent`` under the service name ``name``."""
+        return cls(
+            name=name,
+            node=agent.node,
+            fleet=agent.fleet,
+            profile=agent.profile,
+            model_version=agent.model_version,
+            addresses=agent.addresses,
+            ports=agent.ports,
+            last_seen=last_seen,
+        )
+
 
 def encode_txt(pairs: dict[str, str]) -> bytes:
     """Encode ``key=value`` pairs as TXT record data, ``txtvers`` first.

@@ -16,6 +16,8 @@ from edgeai.discovery import (
     Discovery,
     DiscoveryConfig,
     DiscoveryError,
+    MemoryDiscovery,
+    MemoryLan,
     Peer,
     Ports,
     ServerInfo,
@@ -310,3 +312,34 @@ def test_discovery_refuses_use_before_start() -> None:
     assert discovery.peers() == []
     discovery.close()
     discovery.close()  # idempotent
+
+
+# --- the in-memory LAN (for the agent's unit tests) ---------------------------------------
+
+
+def test_memory_lan_behaves_like_discovery() -> None:
+    lan = MemoryLan(clock=lambda: 42.0)
+    a, b = MemoryDiscovery(lan, fleet="lab"), MemoryDiscovery(lan)
+    a.start()
+    b.start()
+    assert a.find_server(0.01) is None
+    name = lan.advertise_server(SERVER)
+    assert a.find_server(1) == b.servers()[0]
+    assert a.servers()[0].name == name == "edgeai-lab._edgeai._tcp.local."
+
+    assert a.advertise_agent(AGENT) == "pi-7._edgeai-agent._tcp.local."
+    assert b.advertise_agent(AGENT) == "pi-7-2._edgeai-agent._tcp.local."  # renamed
+    assert [p.name for p in a.peers()] == ["pi-7-2._edgeai-agent._tcp.local."]
+    b.update_agent(model_version="4")
+    assert [(p.model_version, p.last_seen) for p in a.peers()] == [("4", 42.0)]
+    with pytest.raises(ConfigError, match="cannot update"):
+        b.update_agent(colour="red")
+    with pytest.raises(ConfigError, match="model_version"):
+        b.update_agent(model_version="not valid")
+
+    b.close()
+    assert a.peers() == []
+    lan.withdraw(name)
+    assert a.servers() == []
+    with pytest.raises(DiscoveryError, match="start"):
+        b.find_server(0.01)
