@@ -125,7 +125,11 @@ class Discovery:
             raise DiscoveryError("discovery was started already (a closed one cannot restart)")
         self._zc = open_zeroconf(self._config)
         types = [self._config.server_type, self._config.agent_type]
-        self._browser = ServiceBrowser(self._zc, types, handlers=[self._on_change])
+        try:
+            self._browser = ServiceBrowser(self._zc, types, handlers=[self._on_change])
+        except (RuntimeError, OSError) as exc:  # the event loop died under us
+            self.close()
+            raise DiscoveryError(f"cannot browse for {types}: {exc!r}") from exc
         if self._config.requery_interval_s is not None:
             self._requery_task = PeriodicTask(
                 self.requery, self._config.requery_interval_s, name="edgeai-discovery-requery"
