@@ -82,6 +82,8 @@ def check_tensor(model: ServedModel, name: str, datatype: str, shape: Sequence[A
         raise InvalidRequestError(f"unknown input {name!r}; the model's inputs are {known}")
     if datatype != spec.datatype:
         raise InvalidRequestError(f"input {name!r} must be {spec.datatype}, got {datatype!r}")
+    if spec.dtype is None:
+        raise InvalidRequestError(f"input {name!r}: {spec.datatype} tensors are not supported")
     if not isinstance(shape, Sequence) or len(shape) != len(spec.shape):
         raise InvalidRequestError(
             f"input {name!r} must have rank {len(spec.shape)} (shape {list(spec.shape)}), "
