@@ -27,6 +27,11 @@ from edgeai.telemetry.topics import WILL_SEQ, Envelope, NodeTopics, check_name
 
 log = logging.getLogger(__name__)
 _SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
+# PUBACKs are applied (rows deleted) in batches of this size, or after _ACK_DELAY_S: a
+# transaction per PUBACK would cost more than the publish.  Deleting late is safe; at worst
+# a crash re-sends a few delivered rows, which subscribers drop as duplicates.
+_ACK_BATCH = 64
+_ACK_DELAY_S = 0.005
 
 
 class TelemetryConfig(Frozen):
@@ -156,6 +161,7 @@ class Telemetry:
         self._last_status: dict[str, Any] | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._final_stats: dict[str, Any] | None = None
 
     # -- the caller's side -------------------------------------------------------------
 
@@ -192,6 +198,8 @@ class Telemetry:
 
     def stats(self) -> dict[str, Any]:
         """Counters: queued and dropped (from the outbox file), delivered, rejected, connected."""
+        if self._final_stats is not None:
+            return dict(self._final_stats)
         return {
             "queued": len(self._outbox),
             "dropped": self._outbox.dropped,
@@ -224,6 +232,7 @@ class Telemetry:
             self._transport.disconnect(send_will=not flushed)
         else:
             flushed = len(self._outbox) == 0
+        self._final_stats = {**self.stats(), "connected": False}
         self._closed = True
         self._outbox.close()
         return flushed
@@ -240,9 +249,10 @@ class Telemetry:
             return Envelope(self.node, self.boot_id, seq, self._clock(), body).encode()
 
         seq = self._outbox.enqueue(topic, payload, qos=1, retain=retain)
-        with self._cond:
-            self._dirty = True
-            self._cond.notify_all()
+        if not self._dirty:  # wake the pump only when it may be idle; it takes rows in batches
+            with self._cond:
+                self._dirty = True
+                self._cond.notify_all()
         return seq
 
     # -- transport callbacks (paho's network thread) -----------------------------------
@@ -250,7 +260,9 @@ class Telemetry:
     def _on_ack(self, handle: int, reason: int) -> None:
         with self._cond:
             self._acks.append((handle, reason))
-            self._cond.notify_all()
+            # Wake the pump for a full batch, or when nothing else is in flight (end of burst).
+            if len(self._acks) >= min(_ACK_BATCH, len(self._inflight)):
+                self._cond.notify_all()
 
     def _on_connection(self, up: bool) -> None:
         if not up:
@@ -269,8 +281,9 @@ class Telemetry:
         next_metrics = self._monotonic() + interval
         while True:
             with self._cond:
-                if not (self._acks or self._dirty or self._reconnected or self._stopping):
-                    self._cond.wait(timeout=min(interval or 1.0, 1.0))
+                if not (self._dirty or self._reconnected or self._stopping):
+                    idle_s = _ACK_DELAY_S if self._acks else min(interval or 1.0, 1.0)
+                    self._cond.wait(timeout=idle_s)
                 acks, self._acks = self._acks, []
                 reconnected, self._reconnected = self._reconnected, False
                 self._dirty = False
