@@ -384,3 +384,19 @@ def test_outbox_keeps_every_returned_enqueue_through_sigkill(
         stored = {r.seq for r in box.pending(10**7) if r.boot_id == "boot"}
     assert set(acked) <= stored
     assert stored <= set(range(1, max(acked) + 2))  # at most the one in flight at the kill
+
+
+def test_acl_denied_publish_is_rejected_with_reason_135(tmp_path: Path) -> None:
+    acl = ["pattern write edgeai/v1/+/nodes/%u/#"]
+    secret = uuid.uuid4().hex
+    with Mosquitto(tmp_path / "acl-broker", users={"node-x": secret}, acl=acl) as b:
+        config = make_config(b, tmp_path, username="node-x", password=secret)
+        t = Telemetry(config, "node-y")  # writes under another node's topics: denied
+        t.start()
+        try:
+            t.event("tick", i=0)
+            wait_for(lambda: t.stats()["rejected"] >= 1, 15, "a rejected PUBACK")
+        finally:
+            t.stop(flush_timeout_s=5)
+        # Nothing of node-y's can be delivered; rejected rows are not retried forever.
+        assert t.stats()["delivered"] == 0
