@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -134,6 +135,11 @@ class MicroBatcher:
         Monotonic seconds, for queue-delay deadlines.
     on_batch
         Called with (rows, requests) after each run, for metrics.
+    inline_below_us
+        Runs of a model whose recent runs took less than this (moving average) happen on
+        the event loop itself: for a model that computes in tens of microseconds the two
+        thread hops cost more than the run, and blocking the loop that briefly delays no
+        one. 0 always uses the executor.
     """
 
     def __init__(
@@ -146,6 +152,7 @@ class MicroBatcher:
         executor: ThreadPoolExecutor | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[int, int], None] | None = None,
+        inline_below_us: int = 0,
     ) -> None:
         self._max = max_batch_size
         self._delay = max_queue_delay_us / 1e6
@@ -155,6 +162,9 @@ class MicroBatcher:
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="edgeai-infer")
         self._clock = clock
         self._on_batch = on_batch
+        self._inline_below = inline_below_us / 1e6
+        # Moving average of run seconds; weak keys so swapped-out models are not kept alive.
+        self._run_cost: weakref.WeakKeyDictionary[ServedModel, float] = weakref.WeakKeyDictionary()
         self._queues: dict[ServedModel, _Queue] = {}
         self._depth = 0
         self._closed = False
@@ -213,9 +223,15 @@ class MicroBatcher:
                 return
 
     async def _execute(self, model: ServedModel, batch: list[Pending]) -> None:
-        loop = asyncio.get_running_loop()
+        feeds = merge(batch)
+        cost = self._run_cost.get(model)
+        start = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._runner, model, merge(batch))
+            if cost is not None and cost < self._inline_below:
+                outputs = self._runner(model, feeds)
+            else:
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(self._executor, self._runner, model, feeds)
         except Exception as exc:
             if len(batch) > 1:  # rerun one by one so a single bad request fails alone
                 for p in batch:
@@ -227,6 +243,8 @@ class MicroBatcher:
             if not batch[0].future.done():
                 batch[0].future.set_exception(error)
             return
+        took = time.perf_counter() - start
+        self._run_cost[model] = took if cost is None else 0.8 * cost + 0.2 * took
         if self._on_batch is not None:
             self._on_batch(sum(max(p.rows, 1) for p in batch), len(batch))
         for p, part in zip(batch, split(batch, outputs), strict=True):

@@ -195,3 +195,25 @@ def test_a_cancelled_caller_is_skipped() -> None:
 
     asyncio.run(main())
     assert runner.rows == [1]
+
+
+def test_fast_models_run_on_the_loop_after_one_timed_run_in_the_thread() -> None:
+    model, threads = fake_model(), []
+
+    def runner(m: ServedModel, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        threads.append(threading.current_thread().name)
+        return m.run(feeds)
+
+    async def main(batcher: MicroBatcher) -> None:
+        try:
+            for _ in range(3):
+                await batcher.submit(request(model, 1))
+        finally:
+            await batcher.close()
+
+    asyncio.run(main(MicroBatcher(8, 0, runner=runner, inline_below_us=10**6)))
+    assert threads[0].startswith("edgeai-infer")
+    assert threads[1:] == [threading.main_thread().name] * 2
+    threads.clear()
+    asyncio.run(main(MicroBatcher(8, 0, runner=runner, inline_below_us=0)))
+    assert all(t.startswith("edgeai-infer") for t in threads)
