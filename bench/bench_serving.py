@@ -10,7 +10,8 @@ KServe v2 protos (raw contents) and a keep-alive ``http.client`` connection (JSO
 1. per-request latency at batch 1: gRPC ModelInfer and REST infer vs in-process
    ``session.run`` (median, p95, and the median overhead in ms; aim <= 0.3 ms);
 2. throughput at concurrency 32 (batch-1 requests, micro-batched by the server) vs raw
-   ORT running batches of 32 in a loop (rows/s and the ratio; aim >= 0.8x).
+   ORT running batches of 32 in a loop (rows/s and the ratio; aim >= 0.8x), next to the
+   ceiling of the gRPC stack itself (ServerLive, no model, same concurrency).
 """
 
 from __future__ import annotations
@@ -79,18 +80,20 @@ def request(x: np.ndarray, name: str) -> Any:
     return pb.ModelInferRequest(model_name=name, inputs=[tensor], raw_input_contents=[x.tobytes()])
 
 
-async def concurrent_grpc(addr: str, req: Any, concurrency: int, seconds: float) -> float:
+async def concurrent_grpc(
+    addr: str, req: Any, concurrency: int, seconds: float, method: str = "ModelInfer"
+) -> float:
     async with grpc.aio.insecure_channel(addr) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        call = getattr(pb_grpc.GRPCInferenceServiceStub(channel), method)
         for _ in range(50):
-            await stub.ModelInfer(req)
+            await call(req)
         done = 0
         stop_at = time.perf_counter() + seconds
 
         async def client() -> None:
             nonlocal done
             while time.perf_counter() < stop_at:
-                await stub.ModelInfer(req)
+                await call(req)
                 done += 1
 
         start = time.perf_counter()
@@ -159,6 +162,7 @@ def run(args: argparse.Namespace, served: Any, grpc_addr: str, http_port: int) -
     calls = {
         "ORT session.run (in-process)": lambda: session.run(None, {"input": x}),
         "gRPC ModelInfer (raw contents)": lambda: stub.ModelInfer(req),
+        "gRPC ServerLive (stack floor)": lambda: stub.ServerLive(pb.ServerLiveRequest()),
         "REST infer (JSON, keep-alive)": rest,
     }
     print(
@@ -174,19 +178,22 @@ def run(args: argparse.Namespace, served: Any, grpc_addr: str, http_port: int) -
     for name, runs in samples.items():
         ms = np.concatenate(runs)
         med, p95 = float(np.median(ms)), float(np.percentile(ms, 95))
-        over = "" if name.startswith("ORT") else f"{med - base:+.3f}"
+        over = "" if name.startswith("ORT") or "floor" in name else f"{med - base:+.3f}"
         print(f"{name:34}{med:10.3f}{p95:9.3f}{over:>13}")
     channel.close()
     conn.close()
 
     c = args.concurrency
     xb = np.repeat(x, c, axis=0)
+    live = pb.ServerLiveRequest()
     for r in range(args.rounds):
         ours = asyncio.run(concurrent_grpc(grpc_addr, req, c, args.seconds))
         ref = ort_throughput(session, xb, args.seconds)
+        floor = asyncio.run(concurrent_grpc(grpc_addr, live, c, args.seconds, "ServerLive"))
         print(
-            f"round {r + 1}: concurrency {c} gRPC (micro-batched) {ours:8.0f} rows/s | "
-            f"ORT batch {c} {ref:8.0f} rows/s | ratio {ours / ref:.2f}x"
+            f"round {r + 1}: concurrency {c} gRPC infer (micro-batched) {ours:7.0f} rows/s | "
+            f"ORT batch {c} {ref:7.0f} rows/s | ratio {ours / ref:.3f}x | "
+            f"gRPC ServerLive {floor:7.0f} req/s (infer/floor {ours / floor:.2f}x)"
         )
 
 
