@@ -13,7 +13,7 @@ from edgeai.artifacts.errors import REASONS, ArtifactError, StoreError, UpdateRe
 from edgeai.artifacts.gate import GateResult, GateSettings, run_gate
 from edgeai.artifacts.repository import ArtifactRepository, serve
 from edgeai.artifacts.store import ActiveModel, ModelStore
-from edgeai.artifacts.updater import BundleUpdater, ReleaseInfo, UpdaterConfig
+from edgeai.artifacts.updater import BundleUpdater, ReleaseInfo, SignedReleases, UpdaterConfig
 
 __all__ = [
     "REASONS",
@@ -28,6 +28,7 @@ __all__ = [
     "ReleaseInfo",
     "ReleaseSource",
     "ServeHandle",
+    "SignedReleases",
     "StoreError",
     "UpdateRejected",
     "UpdaterConfig",

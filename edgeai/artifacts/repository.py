@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,8 @@ def _write_key(path: Path, signer: CryptoSigner) -> None:
 class ArtifactRepository:
     """A TUF repository holding one signed bundle per ``(profile, release)``.
 
-    Use :meth:`create` once, then :meth:`open`; :meth:`add_release` publishes.
+    Use :meth:`create` once, then :meth:`open`; :meth:`add_release` publishes,
+    :meth:`set_wave` widens (or narrows) who may install a release, :meth:`revoke` withdraws one.
     """
 
     def __init__(
@@ -176,20 +177,39 @@ class ArtifactRepository:
         return signed
 
     def releases(self, profile: str) -> list[int]:
-        """Return the releases published for ``profile``, oldest first."""
-        found = {
-            int(t.custom["release"])
-            for t in self._targets().targets.values()
-            if isinstance(t.custom, dict) and t.custom.get("profile") == profile
-        }
-        return sorted(found)
+        """Return the releases signed for ``profile`` (revoked ones excluded), oldest first."""
+        return sorted(_by_release(self._targets(), profile))
 
     def latest(self, profile: str) -> int | None:
-        """Return the newest release published for ``profile``, or None."""
+        """Return the newest release signed for ``profile``, or None."""
         releases = self.releases(profile)
         return releases[-1] if releases else None
 
-    def add_release(self, profile: str, bundle_dir: Path, release: int) -> list[str]:
+    def wave(self, profile: str, release: int) -> list[str] | None:
+        """Return the nodes a signed release is limited to, or None when it is for everyone."""
+        infos = _by_release(self._targets(), profile).get(release)
+        if not infos:
+            raise ArtifactError(f"release {release} for {profile} is not signed")
+        wave = infos[0].custom.get("wave")
+        return None if wave is None else list(wave["nodes"])
+
+    def revoked(self, profile: str) -> dict[int, str]:
+        """Return the releases revoked for ``profile`` with the reason given."""
+        return {
+            int(entry["release"]): str(entry["reason"])
+            for entry in _revocations(self._targets())
+            if entry.get("profile") == profile
+        }
+
+    def add_release(
+        self,
+        profile: str,
+        bundle_dir: Path,
+        release: int,
+        wave_nodes: Sequence[str] | None = None,
+        *,
+        wave_id: str = "canary",
+    ) -> list[str]:
         """Sign every file of a bundle as a target and publish a new snapshot and timestamp.
 
         Parameters
@@ -199,7 +219,13 @@ class ArtifactRepository:
         bundle_dir
             A bundle whose files match its manifest's sha256s.
         release
-            A number greater than every release already published for ``profile``.
+            A number greater than every release ever published for ``profile`` (revoked
+            ones included: a device may remember a revoked number as bad).
+        wave_nodes
+            The only nodes that may install it (signed, so no announcement can widen the
+            wave); None for every node.
+        wave_id
+            A name for the wave, recorded with it.
 
         Returns
         -------
@@ -214,13 +240,18 @@ class ArtifactRepository:
             raise ArtifactError(
                 f"{bundle_dir}: compiled for {manifest.get('profile')!r}, not {profile!r}"
             )
-        newest = self.latest(profile)
+        newest = max([*self.releases(profile), *self.revoked(profile)], default=None)
         if release < 1 or (newest is not None and release <= newest):
             raise ArtifactError(
                 f"release {release} for {profile}: must be a positive number greater than "
-                f"the latest published ({newest})"
+                f"the latest published or revoked ({newest})"
             )
-        custom = {"release": release, "model_version": model_version(manifest), "profile": profile}
+        custom = {
+            "release": release,
+            "model_version": model_version(manifest),
+            "profile": profile,
+            "wave": _wave(wave_id, wave_nodes),
+        }
         targets = self._targets()
         paths: list[str] = []
         for name in sorted({MANIFEST, *manifest["files"]}):
@@ -234,6 +265,49 @@ class ArtifactRepository:
             paths.append(target_path)
         self._publish(targets)
         return paths
+
+    def set_wave(
+        self, profile: str, release: int, nodes: Sequence[str] | None, *, wave_id: str = "wave"
+    ) -> None:
+        """Re-sign a release for another set of nodes; ``nodes=None`` promotes it to everyone.
+
+        Publishes new targets, snapshot and timestamp metadata.
+        """
+        targets = self._targets()
+        infos = _by_release(targets, profile).get(release)
+        if not infos:
+            raise ArtifactError(f"release {release} for {profile} is not signed; cannot set wave")
+        for info in infos:
+            info.unrecognized_fields["custom"] = {
+                **info.custom,
+                "wave": _wave(wave_id, nodes),
+            }
+        self._publish(targets)
+
+    def revoke(self, profile: str, release: int, reason: str) -> None:
+        """Withdraw a release: unsign its targets and record why, signed, for the devices.
+
+        ``latest(profile)`` is the previous signed release again. Devices running the
+        revoked release roll back to it (the revocation list is signed, so this is not a
+        replay). The files stay on disk for inspection but are no longer signed.
+        """
+        targets = self._targets()
+        infos = _by_release(targets, profile).get(release)
+        if not infos:
+            raise ArtifactError(f"release {release} for {profile} is not signed; cannot revoke")
+        for info in infos:
+            del targets.targets[info.path]
+        entry = {
+            "profile": profile,
+            "release": release,
+            "model_version": str(infos[0].custom.get("model_version", "")),
+            "reason": reason,
+            "revoked_at": self._clock().isoformat(),
+        }
+        custom = dict(targets.unrecognized_fields.get("custom") or {})
+        custom["revoked"] = [*_revocations(targets), entry]
+        targets.unrecognized_fields["custom"] = custom
+        self._publish(targets)
 
     def _publish(self, targets: Targets) -> None:
         # Order matters to concurrent clients: targets, then snapshot, then the timestamp
@@ -256,6 +330,34 @@ class ArtifactRepository:
         timestamp.version += 1
         timestamp.expires = now + EXPIRY[Timestamp.type]
         self._write(self.metadata_dir, timestamp, self._signer(Timestamp.type))
+
+
+def _wave(wave_id: str, nodes: Sequence[str] | None) -> dict[str, Any] | None:
+    if nodes is None:
+        return None
+    names = sorted(set(nodes))
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ArtifactError(f"wave {wave_id!r}: needs one or more node names, got {nodes!r}")
+    return {"id": wave_id, "nodes": names}
+
+
+def _by_release(targets: Targets, profile: str) -> dict[int, list[TargetFile]]:
+    found: dict[int, list[TargetFile]] = {}
+    for info in targets.targets.values():
+        if isinstance(info.custom, dict) and info.custom.get("profile") == profile:
+            found.setdefault(int(info.custom["release"]), []).append(info)
+    return found
+
+
+def _revocations(targets: Targets) -> list[dict[str, Any]]:
+    """Return the signed revocation list, the targets' top-level ``custom.revoked``.
+
+    TUF keeps unknown fields of signed metadata (``Signed.unrecognized_fields`` in
+    ``tuf/api/_payload.py``), so the list is signed with the targets it amends.
+    """
+    custom = targets.unrecognized_fields.get("custom")
+    revoked = custom.get("revoked") if isinstance(custom, dict) else None
+    return [dict(e) for e in revoked] if isinstance(revoked, list) else []
 
 
 def serve(path: Path, host: str = "127.0.0.1", port: int = 0) -> ServeHandle:

@@ -163,9 +163,10 @@ class ModelStore:
         atomic_write(self.root / STATE, state.model_dump_json(indent=2).encode() + b"\n")
         self._state = state
 
-    def _refuse(self, release: int) -> None:
+    def _refuse(self, release: int, downgrade: bool) -> None:
         active = self._state.active
-        if active is not None and release <= active.release:
+        older_allowed = downgrade and active is not None and release < active.release
+        if active is not None and release <= active.release and not older_allowed:
             raise UpdateRejected(
                 "replay", f"release {release} is not newer than the active {active.release}"
             )
@@ -173,8 +174,11 @@ class ModelStore:
         if reason is not None:
             raise UpdateRejected("known_bad", f"release {release} failed before: {reason}")
 
-    def stage(self, bundle_src: Path, release: int) -> Path:
+    def stage(self, bundle_src: Path, release: int, *, downgrade: bool = False) -> Path:
         """Copy a verified bundle into the spare slot and return the slot's directory.
+
+        ``downgrade=True`` allows a release older than the active one: only for a signed
+        revocation of the active release, never for an ordinary update.
 
         Raises
         ------
@@ -183,7 +187,7 @@ class ModelStore:
             ``tampered`` (a file differs from the manifest's sha256, at the source or
             after copying).
         """
-        self._refuse(release)
+        self._refuse(release, downgrade)
         problems = bundle_mismatches(bundle_src)
         if problems:
             raise UpdateRejected("tampered", f"{bundle_src}: {'; '.join(problems)}")
@@ -233,8 +237,10 @@ class ModelStore:
                 return known
         raise StoreError(f"{slot}: not a slot of this store (slots are {', '.join(SLOTS)})")
 
-    def commit(self, slot: Path | str) -> ActiveModel:
+    def commit(self, slot: Path | str, *, downgrade: bool = False) -> ActiveModel:
         """Make a staged slot active: the atomic replace of ``state.json`` is the commit point.
+
+        ``downgrade`` as for :meth:`stage`.
 
         Raises
         ------
@@ -250,7 +256,7 @@ class ModelStore:
         record = self._slot_record(name)
         if record is None:
             raise UpdateRejected("tampered", f"slot {name} is incomplete or damaged")
-        self._refuse(record.release)
+        self._refuse(record.release, downgrade)
         self._write(self._state.model_copy(update={"active": record, "previous": active}))
         model = self.active()
         if model is None:  # unreachable: just written

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +47,37 @@ class ReleaseInfo:
     release: int
     model_version: str
     targets: tuple[TargetFile, ...]
+    wave: tuple[str, ...] | None = None  # the only nodes that may install it; None: all
 
     @property
     def total_bytes(self) -> int:
         """Sum of the signed lengths of the release's files."""
         return sum(t.length for t in self.targets)
+
+    def admits(self, node: str | None) -> bool:
+        """True when ``node`` may install this release (no wave, or named in it)."""
+        return self.wave is None or (node is not None and node in self.wave)
+
+
+@dataclass(frozen=True)
+class SignedReleases:
+    """What the signed metadata says about one profile: its releases and its revocations."""
+
+    profile: str
+    releases: tuple[ReleaseInfo, ...] = ()  # oldest first
+    revoked: Mapping[int, str] = field(default_factory=dict)  # release -> reason
+
+    def newest(self) -> ReleaseInfo | None:
+        """The newest signed release, whoever its wave is for."""
+        return self.releases[-1] if self.releases else None
+
+    def for_node(self, node: str | None) -> ReleaseInfo | None:
+        """The newest signed release whose wave admits ``node``."""
+        return next((r for r in reversed(self.releases) if r.admits(node)), None)
+
+    def get(self, release: int) -> ReleaseInfo | None:
+        """The signed release numbered ``release``, if it is still signed."""
+        return next((r for r in self.releases if r.release == release), None)
 
 
 def rejection(exc: Exception) -> UpdateRejected:
@@ -132,6 +158,16 @@ class BundleUpdater:
         Raises
         ------
         UpdateRejected
+            As :meth:`releases`.
+        """
+        return self.releases(profile).newest()
+
+    def releases(self, profile: str) -> SignedReleases:
+        """Refresh the signed metadata and return every release and revocation for ``profile``.
+
+        Raises
+        ------
+        UpdateRejected
             Metadata failed verification (tampered, bad_signature, replay, expired) or
             could not be fetched (timeout, unreachable).
         """
@@ -142,19 +178,21 @@ class BundleUpdater:
             # refresh() persists targets.json only after verifying it; list it from there,
             # then take each file's info from the trusted set through get_targetinfo().
             cached: Metadata[Targets] = Metadata.from_file(str(self._metadata_dir / "targets.json"))
-            newest = _newest(cached.signed.targets.values(), profile)
-            if newest is None:
-                return None
-            release, version, paths = newest
-            infos = tuple(updater.get_targetinfo(p) for p in paths)
+            grouped = _group(cached.signed.targets.values(), profile)
+            found: list[ReleaseInfo] = []
+            for release, (version, wave, paths) in sorted(grouped.items()):
+                infos = tuple(updater.get_targetinfo(p) for p in paths)
+                verified = tuple(i for i in infos if i is not None)
+                if len(verified) != len(paths):
+                    raise UpdateRejected(
+                        "tampered", f"release {release}: targets changed while reading"
+                    )
+                found.append(ReleaseInfo(profile, release, version, verified, wave))
         except _TUF_ERRORS as exc:
             raise rejection(exc) from exc
         except OSError as exc:
             raise UpdateRejected("unreachable", f"metadata cache: {exc}") from exc
-        found = tuple(i for i in infos if i is not None)
-        if len(found) != len(paths):
-            raise UpdateRejected("tampered", f"release {release}: targets changed while reading")
-        return ReleaseInfo(profile, release, version, found)
+        return SignedReleases(profile, tuple(found), _revoked(cached.signed, profile))
 
     def download(self, release: ReleaseInfo, dest_dir: Path, mirrors: Sequence[str] = ()) -> Path:
         """Download and verify every file of ``release`` into ``dest_dir`` (must not exist).
@@ -214,21 +252,55 @@ class BundleUpdater:
             return
 
 
-def _newest(targets: Any, profile: str) -> tuple[int, str, list[str]] | None:
-    """Return (release, model_version, target paths) of the newest release for ``profile``."""
-    releases: dict[int, tuple[str, list[str]]] = {}
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _wave_nodes(custom: dict[str, Any]) -> tuple[bool, tuple[str, ...] | None]:
+    """Return (well formed, nodes) for a target's signed ``custom.wave``."""
+    wave = custom.get("wave")
+    if wave is None:
+        return True, None
+    nodes = wave.get("nodes") if isinstance(wave, dict) else None
+    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        return False, None
+    return True, tuple(nodes)
+
+
+def _group(targets: Any, profile: str) -> dict[int, tuple[str, tuple[str, ...] | None, list[str]]]:
+    """Return {release: (model_version, wave, target paths)} of ``profile``'s targets.
+
+    A release with a malformed wave is left out rather than treated as "everyone": a wave
+    only ever narrows who installs a release.
+    """
+    releases: dict[int, tuple[str, tuple[str, ...] | None, list[str]]] = {}
+    malformed: set[int] = set()
     for info in targets:
         custom = info.custom
         if not isinstance(custom, dict) or custom.get("profile") != profile:
             continue
-        release = custom.get("release")
-        if not isinstance(release, int) or isinstance(release, bool):
+        release = _int(custom.get("release"))
+        if release is None:
             log.warning("target %s: custom.release is not an integer; ignored", info.path)
             continue
-        version, paths = releases.setdefault(release, (str(custom.get("model_version", "")), []))
-        paths.append(info.path)
-    if not releases:
-        return None
-    newest = max(releases)
-    version, paths = releases[newest]
-    return newest, version, sorted(paths)
+        ok, wave = _wave_nodes(custom)
+        if not ok:
+            log.warning("target %s: custom.wave is malformed; release ignored", info.path)
+            malformed.add(release)
+        version = str(custom.get("model_version", ""))
+        releases.setdefault(release, (version, wave, []))[2].append(info.path)
+    return {r: (v, w, sorted(p)) for r, (v, w, p) in releases.items() if r not in malformed}
+
+
+def _revoked(targets: Targets, profile: str) -> dict[int, str]:
+    """The signed revocation list (targets' ``custom.revoked``) for ``profile``."""
+    custom = targets.unrecognized_fields.get("custom")
+    entries = custom.get("revoked") if isinstance(custom, dict) else None
+    revoked: dict[int, str] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or entry.get("profile") != profile:
+            continue
+        release = _int(entry.get("release"))
+        if release is not None:
+            revoked[release] = str(entry.get("reason", ""))
+    return revoked

@@ -9,40 +9,62 @@ from typing import Any
 
 import pytest
 
-from edgeai.artifacts import GateResult, ModelStore, ReleaseInfo, UpdateRejected, apply_latest
+from edgeai.artifacts import (
+    GateResult,
+    ModelStore,
+    ReleaseInfo,
+    SignedReleases,
+    UpdateRejected,
+    apply_latest,
+)
 from edgeai.artifacts.errors import Reason
 from edgeai.profiles import DeviceProfile, load_profile
 from tests.unit.test_artifacts_store import make_bundle
 
 
 class MemorySource:
-    """Releases held in local directories; ``fail`` makes the next call raise."""
+    """Releases held in local directories; ``fail`` makes the next call raise.
+
+    ``published`` maps release -> bundle, ``waves`` release -> nodes (absent: everyone),
+    ``revocations`` release -> reason (the release is then no longer listed).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.releases: dict[int, Path] = {}
+        self.published: dict[int, Path] = {}
+        self.waves: dict[int, tuple[str, ...]] = {}
+        self.revocations: dict[int, str] = {}
         self.fail: tuple[str, Reason] | None = None
-        self.downloads = 0
+        self.downloads: list[int] = []
 
-    def publish(self, release: int) -> None:
-        self.releases[release] = make_bundle(self.root / f"r{release}", f"v{release}")
+    def publish(self, release: int, wave: tuple[str, ...] | None = None) -> None:
+        path = self.root / f"r{release}"
+        if not path.exists():
+            make_bundle(path, f"v{release}")
+        self.published[release] = path
+        if wave is not None:
+            self.waves[release] = wave
+
+    def revoke(self, release: int, reason: str) -> None:
+        del self.published[release]
+        self.revocations[release] = reason
 
     def _maybe_fail(self, where: str) -> None:
         if self.fail is not None and self.fail[0] == where:
             raise UpdateRejected(self.fail[1], "test")
 
-    def latest(self, profile: str) -> ReleaseInfo | None:
+    def releases(self, profile: str) -> SignedReleases:
         self._maybe_fail("latest")
-        if not self.releases:
-            return None
-        newest = max(self.releases)
-        return ReleaseInfo(profile, newest, f"v{newest}", ())
+        infos = tuple(
+            ReleaseInfo(profile, r, f"v{r}", (), self.waves.get(r)) for r in sorted(self.published)
+        )
+        return SignedReleases(profile, infos, dict(self.revocations))
 
     def download(self, release: ReleaseInfo, dest_dir: Path, mirrors: Sequence[str] = ()) -> Path:
         del mirrors  # a memory source has no mirrors
-        self.downloads += 1
+        self.downloads.append(release.release)
         self._maybe_fail("download")
-        shutil.copytree(self.releases[release.release], dest_dir)
+        shutil.copytree(self.published[release.release], dest_dir)
         return dest_dir
 
 
@@ -81,7 +103,7 @@ def test_applies_new_releases_in_turn(tmp_path: Path, profile: DeviceProfile):
     assert (active.path / "model.onnx").read_bytes() == b"model v2"
     assert events.kinds() == ["model_applied", "model_applied"]
     assert events[1][1]["previous"] == 1
-    assert source.downloads == 2
+    assert source.downloads == [1, 2]
 
 
 def test_gate_failure_marks_bad_keeps_old_and_is_not_retried(
@@ -103,7 +125,7 @@ def test_gate_failure_marks_bad_keeps_old_and_is_not_retried(
     assert again.status == "skipped"
     assert again.reason is not None
     assert again.reason.startswith("known_bad: gate: latency")
-    assert source.downloads == 2  # never downloaded again
+    assert source.downloads == [1, 2]  # never downloaded again
     assert len(events) == 3
 
 
@@ -111,8 +133,8 @@ def test_an_older_signed_release_is_a_replay(tmp_path: Path, profile: DeviceProf
     source, store, events = MemorySource(tmp_path / "src"), ModelStore(tmp_path / "st"), Events()
     source.publish(2)
     apply_latest(source, store, profile, events, gate=passing)
-    source.releases = {}
-    source.publish(1)
+    source.published = {}
+    source.publish(1)  # older, and release 2 is not revoked: an unsigned rollback
     out = apply_latest(source, store, profile, events, gate=passing)
     assert (out.status, out.reason) == ("rejected", "replay")
     assert events.kinds() == ["model_applied", "model_rejected"]
@@ -161,3 +183,120 @@ def test_activation_failure_rolls_back(tmp_path: Path, profile: DeviceProfile):
     assert active.release == 1
     assert events.kinds()[-2:] == ["model_rejected", "rollback"]
     assert store.is_bad(2) is not None
+
+
+def test_a_wave_that_leaves_the_node_out_is_not_installed(tmp_path: Path, profile: DeviceProfile):
+    source, events = MemorySource(tmp_path / "src"), Events()
+    source.publish(1)
+    canary, other = ModelStore(tmp_path / "c"), ModelStore(tmp_path / "o")
+    for store, node in ((canary, "canary"), (other, "other")):
+        assert apply_latest(source, store, profile, events, gate=passing, node=node).release == 1
+    source.publish(2, wave=("canary",))
+    out = apply_latest(source, other, profile, events, gate=passing, node="other")
+    assert (out.status, out.release) == ("not_in_wave", 2)
+    assert apply_latest(source, other, profile, events, gate=passing).status == "not_in_wave"
+    assert source.downloads == [1, 1]
+    out = apply_latest(source, canary, profile, events, gate=passing, node="canary")
+    assert (out.status, out.release) == ("applied", 2)
+    assert events.kinds() == ["model_applied"] * 3  # not_in_wave is silent
+    source.waves.pop(2)  # promoted to everyone
+    assert apply_latest(source, other, profile, events, gate=passing, node="other").release == 2
+
+
+def test_a_new_node_outside_the_wave_gets_the_release_before(
+    tmp_path: Path, profile: DeviceProfile
+):
+    source, store, events = MemorySource(tmp_path / "src"), ModelStore(tmp_path / "st"), Events()
+    source.publish(1)
+    source.publish(2, wave=("canary",))
+    out = apply_latest(source, store, profile, events, gate=passing, node="newcomer")
+    assert (out.status, out.release) == ("applied", 1)
+    out = apply_latest(source, store, profile, events, gate=passing, node="newcomer")
+    assert (out.status, out.release) == ("not_in_wave", 2)
+    source.published.pop(1)
+    fresh = ModelStore(tmp_path / "fresh")
+    out = apply_latest(source, fresh, profile, events, gate=passing, node="newcomer")
+    assert (out.status, out.release) == ("not_in_wave", 2)
+    assert fresh.active() is None
+
+
+def test_revocation_rolls_back_to_the_previous_slot(tmp_path: Path, profile: DeviceProfile):
+    source, store, events = MemorySource(tmp_path / "src"), ModelStore(tmp_path / "st"), Events()
+    source.publish(1)
+    apply_latest(source, store, profile, events, gate=passing)
+    source.publish(2)
+    apply_latest(source, store, profile, events, gate=passing)
+    source.revoke(2, "canary failures")
+    activated: list[Path] = []
+    out = apply_latest(source, store, profile, events, gate=passing, activate=activated.append)
+    assert (out.status, out.release, out.reason) == ("rolled_back", 1, "revoked")
+    assert source.downloads == [1, 2]  # the kept slot, not a download
+    active = store.active()
+    assert active is not None
+    assert (active.release, (active.path / "model.onnx").read_bytes()) == (1, b"model v1")
+    assert activated == [active.path]
+    expected = {"release": 2, "version": "v2", "to_release": 1, "stage": "revoked",
+                "reason": "canary failures"}  # fmt: skip
+    assert events[-1] == ("rollback", expected)
+    assert store.is_bad(2) == "revoked: canary failures"
+    assert apply_latest(source, store, profile, events, gate=passing).status == "current"
+    source.publish(3)
+    assert apply_latest(source, store, profile, events, gate=passing).release == 3
+
+
+def test_revocation_downloads_the_release_when_no_slot_holds_it(
+    tmp_path: Path, profile: DeviceProfile
+):
+    source, store, events = MemorySource(tmp_path / "src"), ModelStore(tmp_path / "st"), Events()
+    for release in (1, 2, 3):
+        source.publish(release)
+        apply_latest(source, store, profile, events, gate=passing)
+    source.revoke(3, "bad")
+    source.revoke(2, "bad too")  # the previous slot holds 2: not a signed release any more
+    out = apply_latest(source, store, profile, events, gate=passing)
+    assert (out.status, out.release) == ("rolled_back", 1)
+    assert source.downloads == [1, 2, 3, 1]
+    assert events.kinds()[-2:] == ["model_applied", "rollback"]
+    assert events[-1][1]["to_release"] == 1
+    active = store.active()
+    assert active is not None
+    assert (active.path / "model.onnx").read_bytes() == b"model v1"
+
+
+def test_revocation_with_a_damaged_previous_slot_downloads(tmp_path: Path, profile: DeviceProfile):
+    source, store, events = MemorySource(tmp_path / "src"), ModelStore(tmp_path / "st"), Events()
+    for release in (1, 2):
+        source.publish(release)
+        apply_latest(source, store, profile, events, gate=passing)
+    previous = store.previous()
+    assert previous is not None
+    (previous.path / "model.onnx").write_bytes(b"rotten")
+    source.revoke(2, "bad")
+    out = apply_latest(source, store, profile, events, gate=passing)
+    assert (out.status, out.release) == ("rolled_back", 1)
+    assert source.downloads[-1] == 1
+    active = store.active()
+    assert active is not None
+    assert (active.path / "model.onnx").read_bytes() == b"model v1"
+
+
+def test_revocation_with_nothing_left_keeps_serving(tmp_path: Path, profile: DeviceProfile):
+    source, store, events = MemorySource(tmp_path / "src"), ModelStore(tmp_path / "st"), Events()
+    source.publish(1)
+    apply_latest(source, store, profile, events, gate=passing)
+    source.revoke(1, "withdrawn")
+    out = apply_latest(source, store, profile, events, gate=passing)
+    assert (out.status, out.release, out.reason) == ("revoked", 1, "withdrawn")
+    assert store.is_bad(1) == "revoked: withdrawn"
+    assert events.kinds() == ["model_applied"]
+
+
+def test_a_revocation_of_another_release_is_not_a_rollback(tmp_path: Path, profile: DeviceProfile):
+    source, store, events = MemorySource(tmp_path / "src"), ModelStore(tmp_path / "st"), Events()
+    source.publish(1)
+    source.publish(2, wave=("canary",))
+    apply_latest(source, store, profile, events, gate=passing, node="other")
+    source.revoke(2, "canary failed")
+    out = apply_latest(source, store, profile, events, gate=passing, node="other")
+    assert (out.status, out.release) == ("current", 1)
+    assert events.kinds() == ["model_applied"]

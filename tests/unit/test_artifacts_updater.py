@@ -87,7 +87,7 @@ def test_add_release_signs_targets_with_custom_data(tmp_path: Path, repo: Artifa
     assert repo.latest("rpi4") is None
     targets = Metadata.from_file(str(repo.metadata_dir / "3.targets.json")).signed
     assert targets.targets[paths[2]].custom == {"release": 2, "model_version": "v2",
-                                                "profile": PROFILE}  # fmt: skip
+                                                "profile": PROFILE, "wave": None}  # fmt: skip
     timestamp = Metadata.from_file(str(repo.metadata_dir / "timestamp.json")).signed
     assert timestamp.version == 3
 
@@ -232,3 +232,52 @@ def test_wrong_key_and_rollback_of_metadata(tmp_path: Path, repo: ArtifactReposi
 )
 def test_tuf_errors_map_to_reasons(exc: Exception, reason: str):
     assert rejection(exc).reason == reason
+
+
+def test_waves_are_signed_and_set_wave_promotes(tmp_path: Path, repo: ArtifactRepository):
+    repo.add_release(PROFILE, make_bundle(tmp_path / "b2", "v2"), 2, wave_nodes=["n2", "n1"])
+    assert repo.wave(PROFILE, 1) is None
+    assert repo.wave(PROFILE, 2) == ["n1", "n2"]
+    updater, _ = device(tmp_path, repo)
+    signed = updater.releases(PROFILE)
+    assert [(r.release, r.wave) for r in signed.releases] == [(1, None), (2, ("n1", "n2"))]
+    assert (signed.for_node("n1").release, signed.for_node("n3").release) == (2, 1)  # type: ignore[union-attr]
+    assert signed.for_node(None).release == 1  # type: ignore[union-attr]
+    repo.set_wave(PROFILE, 2, None)
+    assert repo.wave(PROFILE, 2) is None
+    assert updater.releases(PROFILE).for_node("n3").release == 2  # type: ignore[union-attr]
+    with pytest.raises(ArtifactError, match="node names"):
+        repo.set_wave(PROFILE, 2, [])
+    with pytest.raises(ArtifactError, match="not signed"):
+        repo.set_wave(PROFILE, 9, None)
+
+
+def test_revoke_unsigns_the_release_and_signs_the_reason(tmp_path: Path, repo: ArtifactRepository):
+    repo.add_release(PROFILE, make_bundle(tmp_path / "b2", "v2"), 2)
+    updater, _ = device(tmp_path, repo)
+    assert updater.latest(PROFILE).release == 2  # type: ignore[union-attr]
+    repo.revoke(PROFILE, 2, "3/3 canaries failed")
+    assert repo.releases(PROFILE) == [1]
+    assert repo.revoked(PROFILE) == {2: "3/3 canaries failed"}
+    assert repo.revoked("rpi4") == {}
+    signed = updater.releases(PROFILE)  # a newer metadata version: not a replay for TUF
+    assert [r.release for r in signed.releases] == [1]
+    assert signed.revoked == {2: "3/3 canaries failed"}
+    with pytest.raises(ArtifactError, match="greater than the latest published or revoked"):
+        repo.add_release(PROFILE, make_bundle(tmp_path / "b2b", "v2b"), 2)
+    repo.add_release(PROFILE, make_bundle(tmp_path / "b3", "v3"), 3)
+    assert updater.latest(PROFILE).release == 3  # type: ignore[union-attr]
+    assert updater.releases(PROFILE).revoked == {2: "3/3 canaries failed"}
+    with pytest.raises(ArtifactError, match="not signed"):
+        repo.revoke(PROFILE, 2, "again")
+
+
+def test_a_malformed_wave_hides_the_release(tmp_path: Path, repo: ArtifactRepository):
+    repo.add_release(PROFILE, make_bundle(tmp_path / "b2", "v2"), 2, wave_nodes=["n1"])
+    targets = repo._targets()
+    for info in targets.targets.values():
+        if info.custom["release"] == 2:
+            info.unrecognized_fields["custom"] = {**info.custom, "wave": {"nodes": "n1"}}
+    repo._publish(targets)  # validly signed, but not a list of names
+    updater, _ = device(tmp_path, repo)
+    assert [r.release for r in updater.releases(PROFILE).releases] == [1]
