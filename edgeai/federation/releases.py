@@ -222,17 +222,13 @@ class ReleaseManager:
             created=self._clock(),
         )
         for profile, members in sorted(groups.items()):
-            rollout = self._publish(release, checkpoint_or_onnx, profile, members)
-            release = _with(release, rollout)
-            self._save(release)  # per profile: what is signed is on record at once
-            if rollout.state == "canary":
-                self._save(_with(release, self._try_announce(release, rollout)))
-                release = self._find(number)
+            release = self._publish(release, checkpoint_or_onnx, profile, members)
         return release
 
     def _publish(
         self, release: Release, model: Path, profile: str, members: Sequence[NodeState]
-    ) -> Rollout:
+    ) -> Release:
+        """Compile, record, sign and announce one profile's canary wave; return the release."""
         now = self._clock()
         out = self.config.state_dir / "bundles" / release.version / profile
         shutil.rmtree(out, ignore_errors=True)  # a leftover of a crash mid-compile
@@ -240,18 +236,25 @@ class ReleaseManager:
         wave = choose_canaries(
             members, release.release, self.config.canary_fraction, self.config.min_canary_nodes
         )
+        canary = Rollout(profile=profile, state="canary", wave=wave, started=now, changed=now)
         try:
             self._compile(model, profile, out, release.version)
+            # On record before it is signed: a crash after signing cannot leave a wave
+            # nobody judges (one never signed times out and its revocation is a no-op).
+            self._save(_with(release, canary))
             self.repo.add_release(
                 profile, out, release.release, wave, wave_id=f"{release.version}-canary"
             )
         except Exception as exc:  # one profile's failure, whatever it is, must not stop the others
             detail = f"{type(exc).__name__}: {exc}"
             log.error("release %d for %s failed: %s", release.release, profile, detail)
-            return Rollout(profile=profile, state="failed", started=now, changed=now,
-                           detail=detail)  # fmt: skip
+            failed = Rollout(profile=profile, state="failed", started=now, changed=now,
+                             detail=detail)  # fmt: skip
+            self._save(_with(release, failed))
+            return self._find(release.release)
         log.info("release %d for %s: canary wave %s", release.release, profile, ", ".join(wave))
-        return Rollout(profile=profile, state="canary", wave=wave, started=now, changed=now)
+        self._save(_with(release, self._try_announce(release, canary)))
+        return self._find(release.release)
 
     def _next_number(self, groups: Mapping[str, Sequence[NodeState]]) -> int:
         known = [r.release for r in self._state.releases]
@@ -304,7 +307,6 @@ class ReleaseManager:
                 except (ArtifactError, OSError) as exc:
                     log.error("release %d for %s: cannot sign %s (%s); retrying next step",
                               release.release, rollout.profile, state, exc)  # fmt: skip
-                    state = "canary"
                 else:
                     updated = updated.model_copy(update={"state": state, "changed": now,
                                                          "detail": verdict.reason,
@@ -323,9 +325,12 @@ class ReleaseManager:
             self.repo.set_wave(profile, release.release, None, wave_id=f"{release.version}-all")
             log.info("release %d for %s promoted to every node: %s",
                      release.release, profile, reason)  # fmt: skip
-        else:
+        elif release.release in self.repo.releases(profile):
             self.repo.revoke(profile, release.release, reason)
             log.warning("release %d for %s revoked: %s", release.release, profile, reason)
+        else:  # the server stopped between recording and signing it: no device has it
+            log.warning("release %d for %s was never signed; dropped: %s",
+                        release.release, profile, reason)  # fmt: skip
 
     # -- announcing and persisting -------------------------------------------------------
 

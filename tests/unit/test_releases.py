@@ -310,3 +310,24 @@ def test_a_damaged_state_file_is_an_error(tmp_path: Path):
     (tmp_path / "releases.json").write_text('{"releases": 3}', encoding="utf-8")
     with pytest.raises(ReleaseError, match="not a release manager state file"):
         load_state(tmp_path / "releases.json")
+
+
+def test_a_crash_before_signing_leaves_a_wave_that_times_out_harmlessly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    h = Harness(tmp_path, ack_timeout_s=10.0)
+    h.fleet.add("a1", X86)
+
+    def crash(*_args: Any, **_kwargs: Any) -> list[str]:
+        raise KeyboardInterrupt  # the process dies between recording and signing
+
+    monkeypatch.setattr(h.manager.repo, "add_release", crash)
+    with pytest.raises(KeyboardInterrupt):
+        h.manager.propose(h.model, 0.9, round=1)
+    restarted = h.restart()
+    assert [r.rollouts[X86].state for r in restarted.releases()] == ["canary"]
+    h.clock.now += 10.0
+    [change] = restarted.step()
+    assert change.state == "revoked"
+    assert (h.repo.releases(X86), h.repo.revoked(X86)) == ([], {})
+    assert restarted.propose(h.model, 0.9, round=2).release == 2  # type: ignore[union-attr]
