@@ -210,6 +210,8 @@ def _revert(step: _Step, signed: SignedReleases, active: ActiveModel, node: str 
             reason,
         )
         return Outcome("revoked", active.release, active.version, reason)
+    if target.release > active.release:  # a newer release came out since: an ordinary update
+        return _install(step, target, active)
     event = {"release": active.release, "version": active.version,
              "to_release": target.release, "stage": "revoked", "reason": reason}  # fmt: skip
     previous = store.previous()

@@ -289,6 +289,10 @@ def test_revocation_with_nothing_left_keeps_serving(tmp_path: Path, profile: Dev
     assert (out.status, out.release, out.reason) == ("revoked", 1, "withdrawn")
     assert store.is_bad(1) == "revoked: withdrawn"
     assert events.kinds() == ["model_applied"]
+    source.publish(2)  # a newer release later: an ordinary update, not a rollback
+    out = apply_latest(source, store, profile, events, gate=passing)
+    assert (out.status, out.release) == ("applied", 2)
+    assert events.kinds() == ["model_applied", "model_applied"]
 
 
 def test_a_revocation_of_another_release_is_not_a_rollback(tmp_path: Path, profile: DeviceProfile):
