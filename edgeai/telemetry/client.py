@@ -272,6 +272,7 @@ class Telemetry:
             # After a reconnect the broker may have published the "offline" will: say again
             # what the status is.
             self._reconnected = self._connections > 1
+            self._dirty = True  # rows may have waited for the connection
             self._cond.notify_all()
 
     # -- the pump thread ---------------------------------------------------------------
@@ -321,7 +322,9 @@ class Telemetry:
 
     def _fill(self) -> None:
         free = self.config.transport_window - len(self._inflight)
-        if free <= 0:
+        # While disconnected rows stay in the outbox, where the bound and drop count apply,
+        # rather than piling up in paho's RAM queue.
+        if free <= 0 or not self._transport.is_connected():
             return
         for row in self._outbox.pending(free, after_id=self._last_sent):
             handle = self._transport.publish(row.topic, row.payload, row.qos, row.retain)

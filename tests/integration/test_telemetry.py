@@ -331,14 +331,14 @@ def test_broker_restart_keeps_what_it_acknowledged(broker: Mosquitto, tmp_path: 
 def test_overflow_drops_the_oldest_and_metrics_report_it(broker: Mosquitto, tmp_path: Path) -> None:
     broker.stop()  # an outage from the start
     t = Telemetry(make_config(broker, tmp_path, outbox_max_messages=20), "node-b")
-    t.start()
     try:
-        for i in range(50):
+        for i in range(50):  # queued while nothing could be sent
             t.event("tick", i=i)
         t.metrics({"load": 1.0})
         assert t.stats()["dropped"] == 31
         broker.start()
-        c = Collector(broker).start()
+        c = Collector(broker).start()  # subscribed before the node connects
+        t.start()
         try:
             wait_for(lambda: len(c.bodies("/telemetry")) == 1, 30, "the metrics message")
             wait_for(lambda: c.ticks() == set(range(31, 50)), 30, "the newest events")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeai.telemetry import (
@@ -35,6 +35,7 @@ bad_names = st.one_of(
 )
 
 
+@settings(deadline=None)  # a shared CI core must not turn slowness into failure
 @given(fleet=names, node=names, kind=names, cmd=names)
 def test_node_topics_round_trip(fleet: str, node: str, kind: str, cmd: str) -> None:
     t = NodeTopics(fleet, node)
@@ -55,6 +56,7 @@ def test_node_topics_round_trip(fleet: str, node: str, kind: str, cmd: str) -> N
         )
 
 
+@settings(deadline=None)  # a shared CI core must not turn slowness into failure
 @given(fleet=names, profile=names)
 def test_release_topic_round_trip(fleet: str, profile: str) -> None:
     parsed = parse_topic(release_topic(fleet, profile))
@@ -67,6 +69,7 @@ def test_release_topic_round_trip(fleet: str, profile: str) -> None:
     assert fleet_filter(fleet) == f"edgeai/v1/{fleet}/#"
 
 
+@settings(deadline=None)  # a shared CI core must not turn slowness into failure
 @given(bad=bad_names, good=names)
 def test_bad_names_are_rejected_everywhere(bad: str, good: str) -> None:
     with pytest.raises(TelemetryError):
@@ -119,6 +122,7 @@ json_values = st.recursive(
 )
 
 
+@settings(deadline=None)  # a shared CI core must not turn slowness into failure
 @given(
     node=names,
     boot=st.text(min_size=1, max_size=32),
