@@ -210,9 +210,13 @@ class Collector(FleetReader):
         self.config = config
         self._transport = transport or PahoSubscriber(config.mqtt_options())
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._counters = CollectorCounters(self.registry)
-        self._gauges = NodeGauges(self.nodes)
-        self.registry.register(self._gauges)
+        try:
+            self._counters = CollectorCounters(self.registry)
+            self._gauges = NodeGauges(self.nodes)
+            self.registry.register(self._gauges)
+        except ValueError:  # "Duplicated timeseries": another collector uses this registry
+            self.close()
+            raise
         self._prune_every = prune_every
         self._since_prune = 0
         self._lock = threading.Lock()

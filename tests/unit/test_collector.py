@@ -437,3 +437,13 @@ def test_fuzzed_messages_never_crash_and_every_one_is_accounted(
             json.dumps(n.as_json(), allow_nan=False)
     finally:
         f.collector.stop()
+
+
+def test_a_registry_serves_one_collector_at_a_time(tmp_path: Path, clock: Clock) -> None:
+    registry = CollectorRegistry()
+    config = CollectorConfig(fleet=FLEET, db_path=tmp_path / "r.sqlite")
+    first = Collector(config, MemorySubscriber(), clock, registry=registry)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Collector(config, MemorySubscriber(), clock, registry=registry)
+    first.stop()  # unregisters its metrics
+    Collector(config, MemorySubscriber(), clock, registry=registry).stop()
