@@ -255,3 +255,50 @@ def test_broker_restart_loses_nothing(fleet: Harness) -> None:
     # The broker published the agent's will when it went down; the agent said "online"
     # again on reconnect, so the node ends online.
     wait_for(lambda: second.nodes()[0].online, 10, "node a back online")
+
+
+def test_collector_logs_in_and_a_wrong_password_never_subscribes(tmp_path: Path) -> None:
+    users = {"server": "s3cret", "a": "pw-a"}  # throwaway credentials of a test broker
+    with Mosquitto(tmp_path / "broker", users=users) as broker:
+        base = {
+            "broker_url": broker.url,
+            "fleet": FLEET,
+            "reconnect_min_s": 1,
+            "reconnect_max_s": 1,
+        }
+        wrong = Collector(
+            CollectorConfig(
+                **base, username="server", password=users["a"], db_path=tmp_path / "w.db"
+            ),
+            registry=CollectorRegistry(),
+        )
+        right = Collector(
+            CollectorConfig(
+                **base, username="server", password=users["server"], db_path=tmp_path / "r.db"
+            ),
+            registry=CollectorRegistry(),
+        )
+        agent = Telemetry(
+            TelemetryConfig(
+                broker_url=broker.url,
+                fleet=FLEET,
+                username="a",
+                password=users["a"],
+                outbox_path=tmp_path / "a.sqlite",
+                metrics_interval_s=0,
+            ),
+            "a",
+        )
+        try:
+            wrong.start()
+            right.start()
+            assert right.wait_ready(10)
+            agent.start()
+            agent.status("online", profile="rpi5")
+            wait_for(lambda: [n.profile for n in right.nodes()] == ["rpi5"], 10, "node a")
+            assert not wrong.wait_ready(0.5)
+            assert wrong.nodes() == []
+        finally:
+            agent.stop(flush_timeout_s=1)
+            wrong.stop()
+            right.stop()
