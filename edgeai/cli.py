@@ -16,6 +16,7 @@ from rich.console import Console
 from edgeai import __version__
 from edgeai.agent import commands as agent_commands
 from edgeai.errors import EdgeAIError
+from edgeai.federation import fleet_cli
 from edgeai.profiles import commands as profile_commands
 
 app = typer.Typer(
@@ -37,6 +38,11 @@ app.add_typer(
     agent_commands.app,
     name="agent",
     help="The device daemon (`agent run`), or one bundle served with nothing else (`agent serve`).",
+)
+app.add_typer(
+    fleet_cli.app,
+    name="fleet",
+    help="The fleet as the server's telemetry collector sees it (`fleet status [--json]`).",
 )
 console = Console()
 err_console = Console(stderr=True)

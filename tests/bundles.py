@@ -49,3 +49,33 @@ def compile_bundle(model: Path, calibration: Path, out: Path, profile: str = "x8
     fast = CompileOptions(calibration_samples=128, eval_samples=400, latency_repeats=20)
     compile_model(model, load_profile(profile), calibration, out, options=fast)
     return out
+
+
+def bundle_variant(src: Path, dest: Path, version: str, *, golden_shift: float = 0.0) -> Path:
+    """Copy a bundle as another model version (a distinct model file), optionally failing the gate.
+
+    ``golden_shift`` moves the golden outputs so the on-device gate must reject the bundle;
+    the manifest's sha256s are rewritten, so it is still a consistent, signable bundle.
+    """
+    import json  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    import onnx  # noqa: PLC0415
+
+    from edgeai.compile.graph import sha256_file  # noqa: PLC0415
+
+    shutil.copytree(src, dest)
+    model = onnx.load(str(dest / "model.onnx"))
+    model.doc_string = f"version {version}"
+    onnx.save(model, str(dest / "model.onnx"))
+    manifest = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
+    if golden_shift:
+        key = manifest["golden"]["output_key"]
+        with np.load(dest / "golden.npz") as data:
+            arrays = dict(data)
+        arrays[key] = arrays[key] + golden_shift
+        np.savez(dest / "golden.npz", **arrays)
+    manifest["model"]["version"] = version
+    manifest["files"] = {name: sha256_file(dest / name) for name in manifest["files"]}
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return dest

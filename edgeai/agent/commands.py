@@ -2,9 +2,77 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
 
 from edgeai.serving.cli import serve
 
+if TYPE_CHECKING:
+    from edgeai.agent.daemon import Agent
+
 app = typer.Typer(no_args_is_help=True)
 app.command(name="serve")(serve)
+
+
+@app.command(name="run")
+def run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The agent's agent.toml.")],
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run the device agent until SIGTERM: serve, update, train, report.
+
+    Exit codes: 0 stopped cleanly (requests drained, telemetry flushed), 1 unexpected
+    failure, 2 invalid configuration, 3 cannot start (port taken, state directory unusable).
+    """
+    from edgeai.agent.config import load_agent_config  # noqa: PLC0415
+    from edgeai.agent.daemon import ExitCode, run_agent  # noqa: PLC0415
+    from edgeai.errors import ConfigError, EdgeAIError, UnknownNameError  # noqa: PLC0415
+    from edgeai.serving.server import ServingStartError  # noqa: PLC0415
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
+    try:
+        cfg = load_agent_config(config)
+        code = run_agent(cfg, on_ready=_announce)
+    except (ConfigError, UnknownNameError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(ExitCode.BAD_CONFIG) from None
+    except (ServingStartError, PermissionError) as exc:
+        typer.echo(f"error: cannot start: {exc}", err=True)
+        raise typer.Exit(ExitCode.CANNOT_START) from None
+    except EdgeAIError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(ExitCode.FAILED) from None
+    raise typer.Exit(code)
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per log line (journald and log shippers parse it as is)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as a JSON line."""
+        doc = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def _announce(agent: Agent) -> None:
+    served = agent.holder.current()
+    typer.echo(
+        f"agent {agent.config.node} ({agent.profile.name}) serving "
+        f"{served.version if served else 'nothing yet'}: grpc={agent.config.serving.host}:"
+        f"{agent.server.grpc_port} http=http://{agent.config.serving.host}:{agent.server.http_port}",
+        err=True,
+    )

@@ -84,7 +84,13 @@ class AgentConfig(Frozen):
     updates: UpdatesConfig = Field(default_factory=lambda: UpdatesConfig(enabled=False))
     serving: ServingConfig = Field(default_factory=ServingConfig)
     telemetry: TelemetryConfig | None = None  # None: no broker (metrics only on /metrics)
-    discovery: DiscoveryConfig | None = Field(default_factory=DiscoveryConfig)
+    discovery: DiscoveryConfig | None = Field(default_factory=DiscoveryConfig)  # false: off
+
+    @field_validator("discovery", mode="before")
+    @classmethod
+    def _off(cls, value: object) -> object:
+        # TOML has no null: `discovery = false` turns mDNS off.
+        return None if value is False else value
 
     @field_validator("node")
     @classmethod

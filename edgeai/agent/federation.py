@@ -87,6 +87,7 @@ class LedgerChange:
     new_rounds: tuple[tuple[str, int], ...]  # (run id, server round) of new DP sessions
     epsilon: float | None  # ε spent so far at the budget's δ (None: no budget yet)
     budget: float | None
+    delta: float | None  # δ of the budget (ε is reported at it)
     exhausted: bool  # the last session's size no longer fits the budget
 
 
@@ -119,5 +120,6 @@ class LedgerWatch:
             tuple((s.run_id, s.server_round) for s in new),
             spent,
             budget.epsilon if budget is not None else None,
+            budget.delta if budget is not None else None,
             exhausted,
         )

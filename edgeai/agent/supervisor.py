@@ -8,8 +8,8 @@ instead of waiting the backoff it reached during a bad start-up.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -22,7 +22,6 @@ from typing import IO
 
 log = logging.getLogger(__name__)
 EventSink = Callable[[str, dict[str, object]], None]
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -41,12 +40,24 @@ class Backoff:
         return float(min(self.max_s, self.initial_s * self.factor ** (failures - 1)))
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    # A SIGKILLed agent must not leave an orphan SuperNode holding the node's identity and
-    # port; Linux can deliver SIGTERM to the child when its parent dies (prctl(2)).
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# A SIGKILLed agent must not leave an orphan SuperNode holding the node's identity and port;
+# Linux can signal a child when its parent dies (prctl(2) PR_SET_PDEATHSIG). It is set by
+# this exec shim rather than a preexec_fn: forking a process that runs gRPC threads with
+# Python code in the child aborts in gRPC's fork handlers, and without a preexec_fn CPython
+# uses vfork, which runs none. The shim exits if the parent is already gone.
+_PDEATHSIG_SHIM = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(0)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def with_parent_death_signal(argv: Sequence[str]) -> list[str]:
+    """Wrap ``argv`` so the child gets SIGTERM when this process dies (Linux only)."""
+    if sys.platform != "linux":
+        return list(argv)
+    return [sys.executable, "-c", _PDEATHSIG_SHIM, str(os.getpid()), *argv]
 
 
 class ProcessSupervisor:
@@ -129,12 +140,11 @@ class ProcessSupervisor:
 
     def _spawn(self, out: IO[bytes] | int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            self.argv,
+            with_parent_death_signal(self.argv),
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509  (only prctl; no locks taken)
         )
 
     def _loop(self) -> None:

@@ -1,0 +1,428 @@
+"""The agent daemon: wires serving, updates, federation, telemetry and discovery together.
+
+One asyncio loop holds the inference server; everything that blocks (TUF downloads, the
+gate, mDNS look-ups, the ledger) runs in worker threads; the SuperNode and the telemetry
+pump have their own threads. The order of start-up puts serving first: a device that has
+a model serves it whatever the network, broker or server are doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from edgeai import __version__
+from edgeai.agent.config import AgentConfig
+from edgeai.agent.events import Reporter
+from edgeai.agent.federation import (
+    LedgerWatch,
+    ledger_path,
+    node_config,
+    supernode_argv,
+    write_node_config,
+)
+from edgeai.agent.supervisor import Backoff, ProcessSupervisor
+from edgeai.artifacts import (
+    BundleUpdater,
+    ModelStore,
+    ServeHandle,
+    UpdaterConfig,
+    apply_latest,
+    serve_mirror,
+)
+from edgeai.discovery import AgentInfo, Discovery, Ports, ServerInfo
+from edgeai.errors import EdgeAIError
+from edgeai.profiles import DeviceProfile, load_profile
+from edgeai.serving.model import ModelHolder, load_served
+from edgeai.serving.server import InferenceServer, ServingStartError
+
+log = logging.getLogger(__name__)
+FACTORY_RELEASE = 0  # the bundle shipped with the device; any signed release replaces it
+
+
+class ExitCode:
+    """Exit codes of ``edgeai agent run`` (systemd: ``RestartPreventExitStatus=2``)."""
+
+    OK = 0  # stopped by SIGTERM/SIGINT after draining and flushing
+    FAILED = 1  # an unexpected error; the traceback is in the log
+    BAD_CONFIG = 2  # agent.toml, the profile or a file it names is invalid
+    CANNOT_START = 3  # a port is taken or the state directory is unusable
+
+
+class Agent:
+    """One device's agent. ``await run(stop)`` serves until ``stop`` is set.
+
+    Parameters
+    ----------
+    config
+        The validated ``agent.toml``.
+    registry
+        Prometheus registry for ``/metrics`` (a private one by default).
+    """
+
+    def __init__(self, config: AgentConfig, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.profile: DeviceProfile = load_profile(config.profile)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.state_dir = config.state_dir
+        self.store = ModelStore(self.state_dir / "models")
+        self.holder = ModelHolder()
+        self.reporter = Reporter(config, self.state_dir)
+        self.server = InferenceServer(self.holder, config.serving, self.registry)
+        self.discovery: Discovery | None = None
+        self.supernode: ProcessSupervisor | None = None
+        self.mirror: ServeHandle | None = None
+        self.release: int | None = None
+        self.ledger = LedgerWatch(ledger_path(config), config.node)
+        self.rounds_joined = 0
+        self.epsilon: float | None = None
+        self.delta: float | None = None
+        self._budget_reported = False
+        self._server_info: ServerInfo | None = None
+        self._reported: set[tuple[str, object, object]] = set()
+        self._gauges = {
+            "release": Gauge("edgeai_agent_release", "Active release", registry=self.registry),
+            "epsilon": Gauge("edgeai_agent_epsilon", "DP ε spent here", registry=self.registry),
+            "rounds": Gauge("edgeai_agent_rounds_joined", "Rounds", registry=self.registry),
+            "restarts": Gauge(
+                "edgeai_agent_supernode_starts", "SuperNode starts", registry=self.registry
+            ),
+            "queued": Gauge(
+                "edgeai_agent_outbox_queued", "Telemetry queued", registry=self.registry
+            ),
+            "dropped": Gauge(
+                "edgeai_agent_outbox_dropped",
+                "Telemetry dropped (outbox full)",
+                registry=self.registry,
+            ),
+        }
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Start everything, serve until ``stop`` is set, then shut down in order."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.reporter.start(self.profile)
+        self.reporter.event("agent_started", version=__version__, profile=self.profile.name)
+        await asyncio.to_thread(self._load_installed)
+        try:
+            await self.server.start()
+        except ServingStartError as exc:
+            self.reporter.event("agent_stopping", reason=f"cannot serve: {exc}")
+            self.reporter.stop(self.config.shutdown_grace_s)
+            raise
+        self._restart_mirror()
+        self._publish_status("online")
+        await asyncio.to_thread(self._start_discovery)
+        tasks = [
+            asyncio.create_task(self._find_server_then_start(stop), name="federation"),
+            asyncio.create_task(self._metrics_loop(stop), name="metrics"),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            await self._shutdown(tasks)
+        return ExitCode.OK
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        grace = self.config.shutdown_grace_s
+        self.reporter.event("agent_stopping", reason="signal")
+        self._publish_status("stopping")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.supernode is not None:
+            await asyncio.to_thread(self.supernode.stop, grace)
+        await self.server.stop(grace)
+        if self.mirror is not None:
+            self.mirror.close()
+        if self.discovery is not None:
+            await asyncio.to_thread(self.discovery.close)
+        await asyncio.to_thread(self.reporter.stop, grace)
+
+    # -- models --------------------------------------------------------------------------
+
+    def _load_installed(self) -> None:
+        active = self.store.recover()
+        if active is None and self.config.bundle is not None:
+            slot = self.store.stage(self.config.bundle, FACTORY_RELEASE)
+            active = self.store.commit(slot)
+            self.reporter.event(
+                "model_applied",
+                release=FACTORY_RELEASE,
+                version=active.version,
+                previous=None,
+                source="factory",
+            )
+        if active is None:
+            log.warning("no model installed yet: serving nothing until a release arrives")
+            return
+        try:
+            self._activate(active.path)
+        except EdgeAIError as exc:  # verified files that still do not load: use the other slot
+            self.reporter.event(
+                "rollback",
+                release=active.release,
+                version=active.version,
+                stage="load",
+                reason=str(exc),
+            )
+            previous = self.store.rollback()
+            self._activate(previous.path)
+        self.release = active.release
+
+    def _activate(self, bundle: Path) -> None:
+        """Load ``bundle`` beside the serving model and swap it in (requests never fail)."""
+        served = load_served(bundle, self.profile)
+        self.holder.swap(served)
+        active = self.store.active()
+        self.release = active.release if active is not None else None
+        self._gauges["release"].set(self.release if self.release is not None else -1)
+
+    def _restart_mirror(self) -> None:
+        active = self.store.active()
+        if self.mirror is not None:
+            self.mirror.close()
+            self.mirror = None
+        if active is not None:
+            self.mirror = serve_mirror(active.path, self.config.serving.host, 0)
+
+    def _update_once(self) -> str:
+        cfg, info = self.config.updates, self._server_info
+        url = cfg.repository_url or (info.artifact_url if info else None)
+        if url is None or cfg.trusted_root is None:
+            return "no repository"
+        updater = BundleUpdater(
+            UpdaterConfig(
+                repository_url=url,
+                trusted_root=cfg.trusted_root,
+                cache_dir=self.state_dir / "tuf",
+                max_bundle_bytes=cfg.max_bundle_bytes,
+                download_deadline_s=cfg.download_deadline_s,
+            )
+        )
+        outcome = apply_latest(
+            updater,
+            self.store,
+            self.profile,
+            self._update_event,
+            mirrors=self._mirrors(),
+            activate=self._activate,
+            node=self.config.node,
+        )
+        if outcome.status in ("applied", "rolled_back"):
+            self._restart_mirror()
+            self._publish_status("online")
+            if self.discovery is not None:
+                self.discovery.update_agent(model_version=outcome.version, ports=self._ports())
+        elif outcome.status == "unavailable":
+            log.info("update check: repository unavailable (%s); retrying", outcome.reason)
+        return outcome.status
+
+    def _update_event(self, kind: str, fields: dict[str, Any]) -> None:
+        # A release that stays tampered or unreachable is retried every interval; report
+        # each (release, reason) once instead of filling the outbox with copies.
+        key = (kind, fields.get("release"), fields.get("reason"))
+        if kind == "model_rejected" and key in self._reported:
+            return
+        self._reported.add(key)
+        self.reporter.event(kind, **fields)
+
+    def _mirrors(self) -> list[str]:
+        if self.discovery is None:
+            return []
+        return [
+            f"http://{addr}:{peer.ports.artifact}"
+            for peer in self.discovery.peers()
+            if peer.profile == self.profile.name and peer.ports.artifact
+            for addr in peer.addresses[:1]
+        ]
+
+    # -- discovery and federation ----------------------------------------------------------
+
+    def _ports(self) -> Ports:
+        return Ports(
+            grpc=self.server.grpc_port,
+            http=self.server.http_port,
+            artifact=int(self.mirror.url.rsplit(":", 1)[1]) if self.mirror is not None else None,
+        )
+
+    def _start_discovery(self) -> None:
+        if self.config.discovery is None:
+            return
+        self.discovery = Discovery(self.config.discovery)
+        self.discovery.start()
+        served = self.holder.current()
+        fleet = self.config.telemetry.fleet if self.config.telemetry else "default"
+        self.discovery.advertise_agent(
+            AgentInfo(
+                node=self.config.node,
+                fleet=fleet,
+                profile=self.profile.name,
+                model_version=served.version if served else None,
+                ports=self._ports(),
+            )
+        )
+
+    async def _find_server_then_start(self, stop: asyncio.Event) -> None:
+        fed, upd = self.config.federation, self.config.updates
+        needs_server = (fed.enabled and fed.superlink is None) or (
+            upd.enabled and upd.repository_url is None
+        )
+        while needs_server and self._server_info is None and not stop.is_set():
+            if self.discovery is None:
+                return
+            fleet = self.config.discovery.fleet if self.config.discovery else None
+            self._server_info = await asyncio.to_thread(self.discovery.find_server, 5.0, fleet)
+            if self._server_info is not None:
+                self.reporter.event(
+                    "server_found",
+                    superlink=self._server_info.superlink,
+                    artifact_url=self._server_info.artifact_url,
+                )
+        if fed.enabled:
+            self._start_supernode()
+        if upd.enabled:
+            while not stop.is_set():
+                try:
+                    await asyncio.to_thread(self._update_once)
+                except Exception:  # an update must never take serving down
+                    log.exception("update check failed")
+                await _sleep_or_stop(stop, upd.interval_s)
+
+    def _start_supernode(self) -> None:
+        fed = self.config.federation
+        superlink = fed.superlink or (self._server_info.superlink if self._server_info else None)
+        if superlink is None:
+            return
+        node_file = write_node_config(self.state_dir / "node-config.toml", node_config(self.config))
+        # SuperNode starts `flower-superexec` from PATH: make the one beside it findable.
+        bin_dir = str(Path(sys.executable).parent)
+        path = os.pathsep.join([bin_dir, os.environ.get("PATH", os.defpath)])
+        env = {
+            **os.environ,
+            "PATH": path,
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+        }
+        self.supernode = ProcessSupervisor(
+            "supernode",
+            supernode_argv(fed, superlink, node_file),
+            env=env,
+            backoff=Backoff(initial_s=fed.restart_initial_s, max_s=fed.restart_max_s),
+            on_event=self.reporter.event_sink,
+            log_path=self.state_dir / "logs" / "supernode.log",
+        )
+        self.supernode.start()
+
+    # -- telemetry ---------------------------------------------------------------------------
+
+    def _publish_status(self, state: str) -> None:
+        served = self.holder.current()
+        self.reporter.status(
+            state,
+            profile=self.profile.name,
+            model_version=served.version if served else None,
+            release=self.release,
+            provider=served.provider if served else None,
+            grpc_port=self.server.grpc_port,
+            http_port=self.server.http_port,
+            host=socket.gethostname(),
+        )
+
+    def _watch_ledger(self) -> None:
+        change = self.ledger.poll() if self.config.federation.enabled else None
+        if change is None:
+            return
+        self.epsilon, self.delta = change.epsilon, change.delta
+        delta = change.delta
+        for run_id, server_round in change.new_rounds:
+            self.rounds_joined += 1
+            self.reporter.event(
+                "round_joined",
+                run_id=run_id,
+                round=server_round,
+                epsilon=change.epsilon,
+                delta=delta,
+            )
+        if change.exhausted and not self._budget_reported:
+            self._budget_reported = True
+            self.reporter.event(
+                "budget_exhausted", epsilon=change.epsilon, budget=change.budget, delta=delta
+            )
+
+    async def _metrics_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self._watch_ledger)
+            except EdgeAIError as exc:
+                log.warning("privacy ledger unreadable: %s", exc)
+            self.reporter.metrics(self.metrics())
+            await _sleep_or_stop(stop, self.config.metrics_interval_s)
+
+    def metrics(self) -> dict[str, Any]:
+        """One telemetry sample (the body documented in docs/AGENT.md)."""
+        serving = self.server.stats()
+        outbox = self.reporter.stats()
+        values: dict[str, Any] = {
+            "inference_count": serving.get("inference_count"),
+            "request_count": serving.get("request_count"),
+            "p50_ms": serving.get("latency_p50_ms"),
+            "p95_ms": serving.get("latency_p95_ms"),
+            "queue_depth": serving.get("queue_depth"),
+            **self.reporter.process_stats(),
+            "model_version": serving.get("model_version"),
+            "release": self.release,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "rounds_joined": self.rounds_joined,
+            "supernode_restarts": max(0, self.supernode.starts - 1) if self.supernode else None,
+            "outbox_queued": outbox.get("queued"),
+            "outbox_dropped": outbox.get("dropped"),
+        }
+        for key, name in (
+            ("epsilon", "epsilon"),
+            ("rounds_joined", "rounds"),
+            ("outbox_queued", "queued"),
+            ("outbox_dropped", "dropped"),
+        ):
+            if values[key] is not None:
+                self._gauges[name].set(values[key])
+        if self.supernode is not None:
+            self._gauges["restarts"].set(self.supernode.starts)
+        return values
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+def run_agent(config: AgentConfig, on_ready: Callable[[Agent], None] | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT; return an :class:`ExitCode`."""
+    import signal  # noqa: PLC0415
+
+    async def main() -> int:
+        agent = Agent(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        runner = asyncio.create_task(agent.run(stop))
+        if on_ready is not None:
+            while not runner.done() and agent.server.http_port == 0:
+                await asyncio.sleep(0.01)
+            if not runner.done():
+                on_ready(agent)
+        return await runner
+
+    return asyncio.run(main())
