@@ -49,8 +49,13 @@ _PDEATHSIG_SHIM = (
     "import ctypes, os, signal, sys\n"
     "ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
     "if os.getppid() != int(sys.argv[1]): sys.exit(0)\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "try:\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "except OSError as exc:\n"
+    "    print(f'cannot run {sys.argv[2]}: {exc}', file=sys.stderr)\n"
+    "    sys.exit(127)\n"
 )
+NOT_FOUND = 127  # the shim could not exec the command (as a shell reports it)
 
 
 def with_parent_death_signal(argv: Sequence[str]) -> list[str]:
@@ -200,6 +205,8 @@ def signal_name(code: int | None) -> str:
     if code < 0:
         with contextlib.suppress(ValueError):
             return f"killed by {signal.Signals(-code).name}"
+    if code == NOT_FOUND:
+        return f"exit {code} (command not found or not executable)"
     return f"exit {code}"
 
 

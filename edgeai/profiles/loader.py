@@ -19,13 +19,16 @@ def profiles_dir() -> Path:
     Returns
     -------
     Path
-        ``$EDGEAI_PROFILES_DIR`` when set, else ``device_profiles/`` at the root of the
-        source tree this package was imported from (a checkout or an editable install).
+        ``$EDGEAI_PROFILES_DIR`` when set; else ``device_profiles/`` at the root of the
+        source tree this package was imported from (a checkout or an editable install);
+        else the copy a wheel carries inside the package (``edgeai/_device_profiles``).
     """
     override = os.environ.get(ENV_VAR)
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parents[2] / "device_profiles"
+    package = Path(__file__).resolve().parents[1]
+    source = package.parent / "device_profiles"
+    return source if source.is_dir() else package / "_device_profiles"
 
 
 def _files(directory: Path) -> list[Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeai.agent.supervisor import Backoff, ProcessSupervisor, signal_name
+from edgeai.agent.supervisor import NOT_FOUND, Backoff, ProcessSupervisor, signal_name
 
 
 def _wait_for(cond: object, deadline_s: float = 10.0) -> None:
@@ -93,14 +93,20 @@ def test_a_long_healthy_run_resets_the_backoff() -> None:
 
 
 def test_missing_executable_is_reported_and_retried(tmp_path: Path) -> None:
-    events: list[str] = []
+    events: list[tuple[str, dict[str, object]]] = []
     sup = ProcessSupervisor(
         "ghost",
         [str(tmp_path / "no-such-binary")],
         backoff=Backoff(initial_s=0.02, max_s=0.02),
-        on_event=lambda kind, _f: events.append(kind),
+        on_event=lambda kind, fields: events.append((kind, fields)),
+        log_path=tmp_path / "ghost.log",
     )
     sup.start()
-    _wait_for(lambda: events.count("process_failed") >= 2)
-    sup.stop()
-    assert sup.starts == 0
+    try:
+        _wait_for(lambda: sum(k == "process_exited" for k, _ in events) >= 2)
+    finally:
+        sup.stop()
+    exited = [f for k, f in events if k == "process_exited"]
+    assert exited[0]["code"] == NOT_FOUND
+    assert "command not found" in str(exited[0]["how"])
+    assert "cannot run" in (tmp_path / "ghost.log").read_text()
