@@ -16,7 +16,8 @@ from rich.console import Console
 from edgeai import __version__
 from edgeai.agent import commands as agent_commands
 from edgeai.errors import EdgeAIError
-from edgeai.federation import fleet_cli
+from edgeai.federation import commands as server_commands
+from edgeai.federation import demo_cli, fleet_cli
 from edgeai.profiles import commands as profile_commands
 
 app = typer.Typer(
@@ -40,10 +41,16 @@ app.add_typer(
     help="The device daemon (`agent run`), or one bundle served with nothing else (`agent serve`).",
 )
 app.add_typer(
+    server_commands.app,
+    name="server",
+    help="The federation server (`server run`), node enrollment and broker accounts.",
+)
+app.add_typer(
     fleet_cli.app,
     name="fleet",
     help="The fleet as the server's telemetry collector sees it (`fleet status [--json]`).",
 )
+app.command(name="demo")(demo_cli.demo)
 console = Console()
 err_console = Console(stderr=True)
 

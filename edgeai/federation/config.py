@@ -1,0 +1,127 @@
+"""``federation.toml``: the operator's server, validated when it is read.
+
+Sections: ``[superlink]``, ``[broker]``, ``[artifacts]``, ``[collector]``, ``[releases]``,
+``[discovery]`` and ``[run]`` (see ``server/federation.toml``). Relative paths are resolved
+against ``state_dir`` (itself relative to the file's folder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from edgeai.configfile import Frozen, parse, read_mapping
+from edgeai.discovery.config import DiscoveryConfig
+from edgeai.federation.broker import BrokerConfig
+from edgeai.federation.collector import CollectorConfig
+from edgeai.federation.releases import ReleaseConfig
+from edgeai.federation.superlink import SuperLinkConfig
+
+
+class ArtifactsConfig(Frozen):
+    """``[artifacts]``: the TUF repository and the HTTP server agents pull from."""
+
+    repository: Path = Path("tuf")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    base_url: str | None = None  # what agents dial (default http://host:port)
+
+
+class RunConfig(Frozen):
+    """``[run]``: the training run the server submits (an experiment file, as simulate takes)."""
+
+    experiment: Path  # e.g. simulations/quickstart.toml; [federation] sizes the fleet
+    rounds: int | None = Field(None, ge=1)  # overrides the experiment's rounds
+    min_nodes: int | None = Field(None, ge=1)
+    node_wait_s: float = Field(300.0, gt=0)
+    timeout_s: float = Field(24 * 3600.0, gt=0)  # the whole run
+    release_every: int = Field(0, ge=0)  # propose a release every N rounds; 0: the last only
+
+
+class ServerConfig(Frozen):
+    """The whole ``federation.toml``."""
+
+    fleet: str = "default"
+    state_dir: Path = Path("/var/lib/edgeai")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9100, ge=0, le=65535)  # Prometheus /metrics (0: any free port)
+    superlink: SuperLinkConfig
+    broker: BrokerConfig
+    artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
+    collector: CollectorConfig = Field(default_factory=CollectorConfig)
+    releases: ReleaseConfig
+    discovery: DiscoveryConfig | None = Field(default_factory=DiscoveryConfig)  # false: off
+    run: RunConfig | None = None
+
+    @field_validator("discovery", mode="before")
+    @classmethod
+    def _off(cls, value: object) -> object:
+        return None if value is False else value  # TOML has no null
+
+    @model_validator(mode="after")
+    def _one_fleet(self) -> ServerConfig:
+        for section, fleet in (("broker", self.broker.fleet), ("collector", self.collector.fleet)):
+            if fleet != self.fleet:
+                raise ValueError(
+                    f"{section}.fleet = {fleet!r} but fleet = {self.fleet!r}: use one fleet name"
+                )
+        return self
+
+
+def _anchor(path: Path | None, base: Path) -> Path | None:
+    return path if path is None or path.is_absolute() else base / path
+
+
+def _anchored(section: dict[str, Any], keys: tuple[str, ...], base: Path) -> dict[str, Any]:
+    return {k: (str(_anchor(Path(v), base)) if k in keys and v else v) for k, v in section.items()}
+
+
+_PATHS = {
+    "superlink": (
+        "database",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_ca_certfile",
+        "flwr_home",
+        "log_path",
+    ),
+    "broker": ("data_dir", "ca_file", "certfile", "keyfile", "password_file", "acl_file"),
+    "artifacts": ("repository",),
+    "collector": ("db_path", "ca_file", "certfile", "keyfile"),
+    "releases": ("state_dir", "calibration"),
+    "run": ("experiment",),
+}
+
+
+def load_server_config(path: Path, overrides: dict[str, Any] | None = None) -> ServerConfig:
+    """Read ``federation.toml``; relative paths become relative to ``state_dir``.
+
+    ``overrides`` maps ``section.key`` (or ``key``) to a value, applied before validation.
+
+    Raises
+    ------
+    ConfigError
+        The file, field and fix of the problems found.
+    """
+    data = read_mapping(path)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    base = path.resolve().parent
+    state = _anchor(Path(data.get("state_dir", "/var/lib/edgeai")), base) or base
+    data["state_dir"] = str(state)
+    for section, keys in _PATHS.items():
+        if isinstance(data.get(section), dict):
+            # The experiment is the operator's file: relative to federation.toml, not state.
+            anchor = base if section == "run" else state
+            data[section] = _anchored(data[section], keys, anchor)
+    fleet = data.get("fleet", "default")
+    for section in ("broker", "collector"):
+        if isinstance(data.get(section), dict):
+            data[section].setdefault("fleet", fleet)
+    return parse(ServerConfig, data, str(path))
