@@ -38,6 +38,7 @@ Runner = Callable[[ServedModel, dict[str, Array]], list[Array]]
 # ORT raises pybind11 classes (onnxruntime.capi.onnxruntime_pybind11_state) that subclass
 # only Exception; InvalidArgument is the one that means "this input is wrong".
 _BAD_INPUT_NAMES = frozenset({"InvalidArgument", "InvalidGraph"})
+_MISSES_TO_STOP = 3  # adaptive waits in a row that gathered nobody
 
 
 def _run_model(model: ServedModel, feeds: dict[str, Array]) -> list[Array]:
@@ -135,6 +136,14 @@ class MicroBatcher:
         Monotonic seconds, for queue-delay deadlines.
     on_batch
         Called with (rows, requests) after each run, for metrics.
+    adaptive_delay_us
+        With ``max_queue_delay_us`` 0: how long a request may wait for company while
+        waiting pays. Three waits in a row that gather nobody turn waiting off for
+        ``probe_every_s``, so a lone client pays the delay three times per probe, while
+        concurrent clients (whose requests reach the loop one at a time through the gRPC
+        stack, never together) get merged batches. 0: off.
+    probe_every_s
+        How long the adaptive wait stays off after waits that gathered nobody.
     inline_below_us
         Runs of a model whose recent runs took less than this (moving average) happen on
         the event loop itself: for a model that computes in tens of microseconds the two
@@ -153,7 +162,16 @@ class MicroBatcher:
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[int, int], None] | None = None,
         inline_below_us: int = 0,
+        adaptive_delay_us: int = 0,
+        probe_every_s: float = 0.2,
     ) -> None:
+        self._adaptive = adaptive_delay_us / 1e6
+        self._probe_every = probe_every_s
+        # Per model: until when the adaptive wait is off (the last wait found no company).
+        self._no_wait_until: weakref.WeakKeyDictionary[ServedModel, float] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._misses: weakref.WeakKeyDictionary[ServedModel, int] = weakref.WeakKeyDictionary()
         self._max = max_batch_size
         self._delay = max_queue_delay_us / 1e6
         self._limit = max_queue_size
@@ -198,9 +216,16 @@ class MicroBatcher:
         # model's queue drains and disappears with it.
         try:
             while queue.items:
-                if self._delay > 0 and model.batchable:
-                    await self._wait_for_company(queue)
+                adaptive = False
+                if model.batchable:
+                    if self._delay > 0:
+                        await self._wait_for_company(queue, self._delay)
+                    elif self._adaptive > 0 and self._clock() >= self._no_wait_until.get(model, 0):
+                        adaptive = True
+                        await self._wait_for_company(queue, self._adaptive)
                 batch = take_batch(queue.items, self._max)
+                if adaptive:
+                    self._judge_wait(model, len(batch))
                 self._depth -= len(batch)
                 batch = [p for p in batch if not p.future.done()]  # callers that gave up
                 if batch:
@@ -210,8 +235,17 @@ class MicroBatcher:
             if not queue.items and self._queues.get(model) is queue:
                 del self._queues[model]
 
-    async def _wait_for_company(self, queue: _Queue) -> None:
-        deadline = queue.items[0].enqueued + self._delay
+    def _judge_wait(self, model: ServedModel, requests: int) -> None:
+        # A few waits in a row that gathered nobody mean a lone client: stop waiting for a
+        # while. One miss is not enough: under load a request now and then arrives alone.
+        misses = 0 if requests > 1 else self._misses.get(model, 0) + 1
+        self._misses[model] = misses
+        if misses >= _MISSES_TO_STOP:
+            self._misses[model] = 0
+            self._no_wait_until[model] = self._clock() + self._probe_every
+
+    async def _wait_for_company(self, queue: _Queue, delay: float) -> None:
+        deadline = queue.items[0].enqueued + delay
         while sum(p.rows for p in queue.items) < self._max:
             remaining = deadline - self._clock()
             if remaining <= 0:

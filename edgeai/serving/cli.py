@@ -31,6 +31,13 @@ def serve(
     max_queue_delay_us: Annotated[
         int, typer.Option(help="How long a request may wait for others to batch with (µs).")
     ] = 0,
+    adaptive_delay_us: Annotated[
+        int,
+        typer.Option(
+            help="With --max-queue-delay-us 0: how long a request waits for others while "
+            "concurrent clients keep the batches full (µs; 0: off)."
+        ),
+    ] = 2000,
 ) -> None:
     """Serve one bundle over KServe v2 gRPC and REST until SIGTERM or Ctrl-C.
 
@@ -56,6 +63,7 @@ def serve(
                 "token": token,
                 "max_batch_size": max_batch_size,
                 "max_queue_delay_us": max_queue_delay_us,
+                "adaptive_delay_us": adaptive_delay_us,
             },
             "command line",
         )

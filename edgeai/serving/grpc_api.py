@@ -9,11 +9,11 @@ are refused by gRPC itself with RESOURCE_EXHAUSTED (``grpc.max_receive_message_l
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
 import grpc
-import numpy as np
 
 from edgeai.serving._proto import grpc_predict_v2_pb2 as pb
 from edgeai.serving._proto import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -31,6 +31,7 @@ from edgeai.serving.protocol import (
 )
 
 log = logging.getLogger(__name__)
+_LITTLE = sys.byteorder == "little"
 
 
 def parse_grpc_infer(model: ServedModel, request: Any) -> InferRequest:
@@ -63,25 +64,26 @@ def parse_grpc_infer(model: ServedModel, request: Any) -> InferRequest:
     return finish(model, request.id, arrays, [o.name for o in request.outputs])
 
 
+def _raw(arr: Array) -> bytes:
+    # tobytes() always yields row-major bytes (it copies views in C order), so only the
+    # byte order may need converting; ORT outputs are native, little-endian on our hosts.
+    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not _LITTLE):
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return arr.tobytes()
+
+
 def grpc_response(request: InferRequest, outputs: dict[str, Array]) -> Any:
     """Build a ``ModelInferResponse`` with the requested outputs as raw little-endian bytes."""
     model = request.model
-    specs = {s.name: s for s in model.outputs}
-    tensors, raw = [], []
-    for name in request.outputs:
-        arr = outputs[name]
-        tensors.append(
-            pb.ModelInferResponse.InferOutputTensor(
-                name=name, datatype=specs[name].datatype, shape=arr.shape
-            )
-        )
-        raw.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+    specs = model.output_index
+    tensor = pb.ModelInferResponse.InferOutputTensor
+    names = request.outputs
     return pb.ModelInferResponse(
         model_name=model.name,
         model_version=model.version,
         id=request.id,
-        outputs=tensors,
-        raw_output_contents=raw,
+        outputs=[tensor(name=n, datatype=specs[n].datatype, shape=outputs[n].shape) for n in names],
+        raw_output_contents=[_raw(outputs[n]) for n in names],
     )
 
 

@@ -75,6 +75,7 @@ class ServingMetrics:
         self._counts = {"requests": 0, "inferences": 0, "executions": 0}
         self._version: str | None = None
         self._children: dict[tuple[str, str, str], Any] = {}
+        self._latency_children: dict[str, Any] = {}
 
     def request(self, protocol: str, endpoint: str, code: str, seconds: float | None) -> None:
         """Count one request; ``seconds`` (infer only) feeds the latency histogram."""
@@ -85,7 +86,10 @@ class ServingMetrics:
         child.inc()
         self._counts["requests"] += 1
         if seconds is not None:
-            self._latency.labels(protocol).observe(seconds)
+            latency = self._latency_children.get(protocol)
+            if latency is None:
+                latency = self._latency_children[protocol] = self._latency.labels(protocol)
+            latency.observe(seconds)
             self._recent.append(seconds)
 
     def batch(self, rows: int, requests: int) -> None:

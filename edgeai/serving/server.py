@@ -58,6 +58,15 @@ class ServingConfig(Frozen):
     inline_below_us: int = Field(
         300, ge=0, description="run on the event loop when runs take less (0: always a thread)"
     )
+    adaptive_delay_us: int = Field(
+        2000,
+        ge=0,
+        le=1_000_000,
+        description="with max_queue_delay_us 0: wait this long for company while it pays (0: off)",
+    )
+    adaptive_probe_s: float = Field(
+        0.2, gt=0, description="how long the adaptive wait stays off after it gathered nobody"
+    )
 
 
 class InferenceServer:
@@ -98,6 +107,8 @@ class InferenceServer:
             clock=clock,
             on_batch=self._metrics.batch,
             inline_below_us=config.inline_below_us,
+            adaptive_delay_us=config.adaptive_delay_us,
+            probe_every_s=config.adaptive_probe_s,
         )
         self._core = ServingCore(holder, self._batcher, self._metrics, config.token)
         self._grpc: Any = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from types import SimpleNamespace
 from typing import Any
@@ -217,3 +218,51 @@ def test_fast_models_run_on_the_loop_after_one_timed_run_in_the_thread() -> None
     threads.clear()
     asyncio.run(main(MicroBatcher(8, 0, runner=runner, inline_below_us=0)))
     assert all(t.startswith("edgeai-infer") for t in threads)
+
+
+def test_adaptive_wait_merges_spaced_requests_and_stops_for_a_lone_client() -> None:
+    model, runner = fake_model(), Recorder()
+    delay = 0.1
+
+    async def spaced(batcher: MicroBatcher) -> None:
+        first = asyncio.create_task(batcher.submit(request(model, 1)))
+        await asyncio.sleep(delay / 5)  # arrives while the first waits for company
+        await asyncio.gather(first, batcher.submit(request(model, 2)))
+
+    async def lone(batcher: MicroBatcher) -> list[float]:
+        took = []
+        for _ in range(4):
+            start = time.perf_counter()
+            await batcher.submit(request(model, 1))
+            took.append(time.perf_counter() - start)
+        return took
+
+    async def main() -> list[float]:
+        batcher = MicroBatcher(8, 0, runner=runner, adaptive_delay_us=int(delay * 1e6))
+        try:
+            await spaced(batcher)
+            return await lone(batcher)
+        finally:
+            await batcher.close()
+
+    took = asyncio.run(main())
+    assert runner.rows[0] == 3  # merged although the second came later
+    assert all(t >= delay * 0.9 for t in took[:3])  # three fruitless waits ...
+    assert took[3] < delay / 2  # ... then a lone client no longer waits
+    assert runner.rows[1:] == [1, 1, 1, 1]
+
+
+def test_without_adaptive_wait_a_later_request_runs_alone() -> None:
+    model, runner = fake_model(), Recorder()
+
+    async def main() -> None:
+        batcher = MicroBatcher(8, 0, runner=runner)
+        try:
+            first = asyncio.create_task(batcher.submit(request(model, 1)))
+            await asyncio.sleep(0.02)
+            await asyncio.gather(first, batcher.submit(request(model, 2)))
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    assert runner.rows == [1, 2]
