@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from edgeai.configfile import Frozen
 from edgeai.telemetry.mqtt import MqttOptions, PahoTransport, Transport, TransportError, Will
 from edgeai.telemetry.outbox import Outbox, OutboxError
-from edgeai.telemetry.topics import WILL_SEQ, Envelope, NodeTopics, check_name
+from edgeai.telemetry.topics import WILL_SEQ, Envelope, NodeTopics, check_name, encode_envelope
 
 log = logging.getLogger(__name__)
 _SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
@@ -32,6 +33,7 @@ _SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
 # a crash re-sends a few delivered rows, which subscribers drop as duplicates.
 _ACK_BATCH = 64
 _ACK_DELAY_S = 0.005
+_EVENT_TOPICS_CACHED = 256  # event types whose checked topic is kept (a few in practice)
 
 
 class TelemetryConfig(Frozen):
@@ -48,6 +50,9 @@ class TelemetryConfig(Frozen):
     outbox_max_messages: int = Field(100_000, ge=1)
     # NORMAL survives process crashes, FULL also power loss (an fsync per message).
     outbox_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    # The newest rows are also kept in RAM so the pump need not read back what was just
+    # written (~1 MB for 4096 small messages); older rows are read from the file.
+    outbox_memory_rows: int = Field(4096, ge=0)
     keepalive_s: int = Field(30, ge=1, le=65535)
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0, le=0xFFFFFFFF)
     metrics_interval_s: float = Field(60.0, ge=0)  # own outbox stats as metrics; 0 = off
@@ -147,9 +152,15 @@ class Telemetry:
             self.boot_id,
             max_messages=config.outbox_max_messages,
             synchronous=config.outbox_synchronous,
+            memory_rows=config.outbox_memory_rows,
         )
         self._cond = threading.Condition()
-        self._acks: list[tuple[int, int]] = []
+        # Appended by paho's thread, drained by the pump: deque appends and pops are atomic, so
+        # a PUBACK costs the network thread (the bottleneck) no lock.
+        self._acks: deque[tuple[int, int]] = deque()
+        # New rows wake the pump only while the transport holds fewer than this; above it the
+        # pump is woken by PUBACK batches anyway and tops the window up then.
+        self._low_water = max(config.transport_window // 2, 1)
         self._inflight: dict[int, int] = {}  # transport handle -> outbox row id
         self._last_sent = 0
         self._dirty = True
@@ -162,6 +173,7 @@ class Telemetry:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._final_stats: dict[str, Any] | None = None
+        self._event_topics: dict[str, str] = {}
 
     # -- the caller's side -------------------------------------------------------------
 
@@ -189,7 +201,12 @@ class Telemetry:
 
     def event(self, kind: str, **fields: Any) -> int:
         """Publish an event on ``events/<kind>``; returns the seq."""
-        return self._enqueue(self.topics.event(kind), fields)
+        topic = self._event_topics.get(kind)
+        if topic is None:
+            topic = self.topics.event(kind)
+            if len(self._event_topics) < _EVENT_TOPICS_CACHED:
+                self._event_topics[kind] = topic
+        return self._enqueue(topic, fields)
 
     def metrics(self, values: Mapping[str, Any]) -> int:
         """Publish metrics, with the outbox's own queued and dropped counts; returns the seq."""
@@ -209,6 +226,14 @@ class Telemetry:
             "boot_id": self.boot_id,
         }
 
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued message is acknowledged (True) or ``timeout_s`` passes."""
+        deadline = self._monotonic() + timeout_s
+        with self._cond:
+            while len(self._outbox) and (left := deadline - self._monotonic()) > 0:
+                self._cond.wait(min(left, 0.1))
+        return len(self._outbox) == 0
+
     def stop(self, flush_timeout_s: float = 10.0) -> bool:
         """Publish retained status "stopped", flush until empty or timeout, disconnect.
 
@@ -221,10 +246,8 @@ class Telemetry:
         flushed = False
         if self._thread is not None:
             self.status("stopped")
-            deadline = self._monotonic() + flush_timeout_s
+            self.flush(flush_timeout_s)
             with self._cond:
-                while len(self._outbox) and (left := deadline - self._monotonic()) > 0:
-                    self._cond.wait(min(left, 0.1))
                 self._stopping = True
                 self._cond.notify_all()
             self._thread.join()
@@ -246,10 +269,12 @@ class Telemetry:
 
     def _enqueue(self, topic: str, body: dict[str, Any], *, retain: bool = False) -> int:
         def payload(seq: int) -> bytes:
-            return Envelope(self.node, self.boot_id, seq, self._clock(), body).encode()
+            return encode_envelope(self.node, self.boot_id, seq, self._clock(), body)
 
         seq = self._outbox.enqueue(topic, payload, qos=1, retain=retain)
-        if not self._dirty:  # wake the pump only when it may be idle; it takes rows in batches
+        # Wake the pump only when it may be idle and the transport may run dry; it takes rows
+        # in batches.
+        if not self._dirty and len(self._inflight) < self._low_water:
             with self._cond:
                 self._dirty = True
                 self._cond.notify_all()
@@ -258,10 +283,11 @@ class Telemetry:
     # -- transport callbacks (paho's network thread) -----------------------------------
 
     def _on_ack(self, handle: int, reason: int) -> None:
-        with self._cond:
-            self._acks.append((handle, reason))
-            # Wake the pump for a full batch, or when nothing else is in flight (end of burst).
-            if len(self._acks) >= min(_ACK_BATCH, len(self._inflight)):
+        acks = self._acks
+        acks.append((handle, reason))
+        # Wake the pump for a full batch, or when nothing else is in flight (end of burst).
+        if len(acks) >= min(_ACK_BATCH, len(self._inflight)):
+            with self._cond:
                 self._cond.notify_all()
 
     def _on_connection(self, up: bool) -> None:
@@ -285,7 +311,7 @@ class Telemetry:
                 if not (self._dirty or self._reconnected or self._stopping):
                     idle_s = _ACK_DELAY_S if self._acks else min(interval or 1.0, 1.0)
                     self._cond.wait(timeout=idle_s)
-                acks, self._acks = self._acks, []
+                acks = [self._acks.popleft() for _ in range(len(self._acks))]
                 reconnected, self._reconnected = self._reconnected, False
                 self._dirty = False
                 stopping = self._stopping

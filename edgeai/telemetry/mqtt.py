@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -107,7 +107,7 @@ class PahoTransport:
         self._on_ack: AckCallback = _ignore_ack
         self._on_connection: ConnectionCallback = _ignore_connection
         self._disconnected = threading.Event()
-        client = paho.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=options.client_id,
             protocol=paho.MQTTv5,
@@ -195,6 +195,39 @@ class PahoTransport:
 
     def _handle_publish(self, _c: Any, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
         self._on_ack(mid, int(reason.value))
+
+
+class _Client(paho.Client):
+    """paho's client, minus a wake-up the network thread sends itself for every QoS 1 publish.
+
+    ``Client._packet_queue`` writes a byte to a socket pair after queueing any packet, so that
+    a network thread blocked in ``select`` notices it.  When the packet comes from the network
+    thread itself (the next queued message, sent from the PUBACK handler via
+    ``_update_inflight``) that thread is not in ``select``: its next ``_loop`` sees
+    ``want_write()`` anyway.  The byte then costs a ``send`` plus a later ``recv`` per message
+    on the thread that bounds throughput, so it is skipped there by hiding ``_sockpairW`` for
+    the call (only that thread ever replaces the socket pair while the loop runs).  Other
+    threads still wake it.  Source: paho-mqtt 2.x ``paho/mqtt/client.py``, ``_packet_queue``,
+    ``_loop`` and ``_handle_pubackcomp``; if a paho version lacks these attributes the
+    stock behaviour is used.
+    """
+
+    def _packet_queue(
+        self,
+        command: int,
+        packet: bytes | bytearray,
+        mid: int,
+        qos: int,
+        info: paho.MQTTMessageInfo | None = None,
+    ) -> MQTTErrorCode:
+        thread = getattr(self, "_thread", None)
+        if thread is None or thread is not threading.current_thread():
+            return super()._packet_queue(command, packet, mid, qos, info)
+        wake, self._sockpairW = self._sockpairW, None
+        try:
+            return super()._packet_queue(command, packet, mid, qos, info)
+        finally:
+            self._sockpairW = wake
 
 
 def _ignore_ack(handle: int, reason: int) -> None:

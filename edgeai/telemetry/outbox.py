@@ -22,7 +22,15 @@ Rows of earlier boots keep their own boot id and seq and are delivered, in inser
 
 Cost: an enqueue is one INSERT into a table with no secondary index (the overflow delete
 walks the primary key from the oldest row, where non-retained rows are found at once), so
-the commit is most of its price.
+the commit is most of its price.  Ids are handed out from a counter in memory rather than by
+``AUTOINCREMENT``, which would rewrite the ``sqlite_sequence`` page in every commit (a second
+WAL frame: ~14 instead of ~9 us per enqueue here); within a process they only grow, which is
+all the pump's ``after_id`` needs.  Files made with ``AUTOINCREMENT`` are rebuilt once.
+
+Fresh rows.  The newest rows are also kept in a bounded deque, each appended only after its
+commit, so :meth:`Outbox.pending` serves the pump from memory instead of re-reading what was
+just written; anything older (earlier boots, a backlog beyond the deque) is read from the
+file.  The invariant: every row in the file with ``id > _fresh_after`` is in the deque.
 
 One process owns an outbox file at a time; within it the object is thread-safe.
 """
@@ -32,10 +40,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from edgeai.errors import EdgeAIError
 
@@ -46,7 +54,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS boots (boot_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     qos INTEGER NOT NULL CHECK (qos IN (0, 1, 2)),
@@ -59,17 +67,37 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);
 
 
 _INSERT = (
-    "INSERT INTO messages (topic, payload, qos, retain, boot_id, seq) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO messages (id, topic, payload, qos, retain, boot_id, seq) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_SELECT = (
+    "SELECT id, topic, payload, qos, retain, boot_id, seq FROM messages "
+    "WHERE id > ? ORDER BY id LIMIT ?"
+)
+# Files written before ids came from memory: the same table, rebuilt without AUTOINCREMENT.
+_MIGRATE = """
+CREATE TABLE messages_new (
+    id INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL CHECK (qos IN (0, 1, 2)),
+    retain INTEGER NOT NULL CHECK (retain IN (0, 1)),
+    boot_id TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+INSERT INTO messages_new (id, topic, payload, qos, retain, boot_id, seq)
+    SELECT id, topic, payload, qos, retain, boot_id, seq FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_new RENAME TO messages;
+"""
 
 
 class OutboxError(EdgeAIError, OSError):
     """The outbox file cannot be opened, read or written."""
 
 
-@dataclass(frozen=True)
-class Row:
-    """One queued message."""
+class Row(NamedTuple):
+    """One queued message (a named tuple: the pump makes one per message)."""
 
     id: int
     topic: str
@@ -95,6 +123,8 @@ class Outbox:
         ``"NORMAL"`` (survives process crashes) or ``"FULL"`` (also power loss).
     timeout_s
         How long to wait for a lock held by another connection.
+    memory_rows
+        How many of the newest rows are also kept in memory for :meth:`pending`.
     """
 
     def __init__(
@@ -105,6 +135,7 @@ class Outbox:
         max_messages: int = 100_000,
         synchronous: Synchronous = "NORMAL",
         timeout_s: float = 5.0,
+        memory_rows: int = 4096,
     ) -> None:
         if max_messages < 1:
             raise OutboxError(f"max_messages must be ≥ 1; got {max_messages}")
@@ -114,6 +145,8 @@ class Outbox:
         self.boot_id = boot_id
         self.max_messages = max_messages
         self._lock = threading.Lock()
+        self._fresh: deque[Row] = deque()
+        self._memory_rows = max(memory_rows, 0)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Autocommit mode: transactions are the explicit BEGIN IMMEDIATE ... COMMIT below.
@@ -127,6 +160,13 @@ class Outbox:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.executescript(_SCHEMA)
             with self._transaction():
+                (table_sql,) = self._db.execute(
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
+                ).fetchone()
+                if "AUTOINCREMENT" in table_sql.upper():
+                    for statement in _MIGRATE.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
                 self._db.execute(
                     "INSERT OR IGNORE INTO boots (boot_id, last_seq) VALUES (?, 0)", (boot_id,)
                 )
@@ -142,7 +182,12 @@ class Outbox:
                     (boot_id,),
                 )
             self._seq = int(last_seq)
-            (self._count,) = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()
+            count, last_id = self._db.execute(
+                "SELECT COUNT(*), IFNULL(MAX(id), 0) FROM messages"
+            ).fetchone()
+            self._count, self._last_id = int(count), int(last_id)
+            # Everything on disk now is read from the file; rows from here on also from memory.
+            self._fresh_after = self._last_id
         except sqlite3.Error as exc:
             raise OutboxError(f"cannot open the telemetry outbox {self.path}: {exc}") from exc
 
@@ -167,24 +212,36 @@ class Outbox:
         try:
             with self._lock:
                 seq = self._seq + 1
+                row_id = self._last_id + 1
                 body = payload(seq) if callable(payload) else payload
-                row = (topic, body, qos, int(retain), self.boot_id, seq)
+                row = Row(row_id, topic, body, qos, retain, self.boot_id, seq)
                 if self._count < self.max_messages:
                     # In autocommit mode one statement is its own transaction: no BEGIN/COMMIT
                     # round trips on the hot path.
                     self._db.execute(_INSERT, row)
                     self._count += 1
+                    self._remember(row)
                 else:
                     with self._transaction():
                         self._db.execute(_INSERT, row)
                         self._count += 1
                         self._drop_oldest(self._count - self.max_messages)
-                self._seq = seq  # only once committed: a rolled-back enqueue uses no number
+                    # Dropped rows may be in memory: read everything up to here from the file.
+                    self._fresh.clear()
+                    self._fresh_after = row_id
+                # Only once committed: a rolled-back enqueue uses no number.
+                self._seq, self._last_id = seq, row_id
         except sqlite3.Error as exc:
             with self._lock:
                 self._recount()
             raise OutboxError(f"cannot write to the telemetry outbox {self.path}: {exc}") from exc
         return seq
+
+    def _remember(self, row: Row) -> None:
+        fresh = self._fresh
+        fresh.append(row)
+        if len(fresh) > self._memory_rows:  # e.g. during an outage: keep the newest only
+            self._fresh_after = fresh.popleft().id
 
     def _drop_oldest(self, n: int) -> None:
         for retained in (0, 1):  # retained rows only if nothing else is left to drop
@@ -205,16 +262,25 @@ class Outbox:
         (self._count,) = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()
 
     def pending(self, limit: int, after_id: int = 0) -> list[Row]:
-        """Up to ``limit`` queued rows with ``id > after_id``, oldest first."""
-        try:
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT id, topic, payload, qos, retain, boot_id, seq FROM messages "
-                    "WHERE id > ? ORDER BY id LIMIT ?",
-                    (after_id, limit),
-                ).fetchall()
-        except sqlite3.Error as exc:
-            raise OutboxError(f"cannot read the telemetry outbox {self.path}: {exc}") from exc
+        """Up to ``limit`` queued rows with ``id > after_id``, oldest first.
+
+        Rows enqueued by this process come from memory when the caller reads onwards
+        (``after_id`` not behind what it read before), so the pump costs no query per row.
+        """
+        with self._lock:
+            fresh = self._fresh
+            if after_id >= self._fresh_after:
+                while fresh and fresh[0].id <= after_id:
+                    fresh.popleft()
+                # Rows handed out leave memory: the reader has them, and a reader that asks
+                # again from further back reads the file, where acked rows are gone.
+                rows = [fresh.popleft() for _ in range(min(limit, len(fresh)))]
+                self._fresh_after = rows[-1].id if rows else after_id
+                return rows
+            try:
+                rows = self._db.execute(_SELECT, (after_id, limit)).fetchall()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot read the telemetry outbox {self.path}: {exc}") from exc
         return [Row(i, t, bytes(p), q, bool(r), b, s) for i, t, p, q, r, b, s in rows]
 
     def ack(self, ids: Iterable[int]) -> int:

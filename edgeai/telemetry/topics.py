@@ -31,6 +31,8 @@ MAX_NAME_LEN = 128
 _FORBIDDEN = frozenset("+#/\x00")
 _KINDS_WITH_NAME = frozenset({"events", "cmd"})
 _KINDS = frozenset({"status", "profile", "telemetry"}) | _KINDS_WITH_NAME
+# One encoder for every payload: json.dumps with options builds a new JSONEncoder per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 class TelemetryError(EdgeAIError, ValueError):
@@ -165,19 +167,32 @@ class Envelope:
 
     def encode(self) -> bytes:
         """Compact UTF-8 JSON; non-finite floats are refused (JSON has none)."""
-        doc = {
-            "schema": self.schema,
-            "node": self.node,
-            "boot_id": self.boot_id,
-            "seq": self.seq,
-            "ts": self.ts,
-            "body": self.body,
-        }
-        try:
-            text = json.dumps(doc, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise TelemetryError(f"telemetry body is not plain JSON: {exc}") from exc
-        return text.encode("utf-8")
+        return encode_envelope(
+            self.node, self.boot_id, self.seq, self.ts, self.body, schema=self.schema
+        )
+
+
+def encode_envelope(
+    node: str,
+    boot_id: str,
+    seq: int,
+    ts: float,
+    body: dict[str, Any],
+    *,
+    schema: int = SCHEMA_VERSION,
+) -> bytes:
+    """``Envelope(node, boot_id, seq, ts, body).encode()`` without the intermediate object.
+
+    Raises
+    ------
+    TelemetryError
+        If the body is not plain JSON (e.g. a set, or a non-finite float).
+    """
+    doc = {"schema": schema, "node": node, "boot_id": boot_id, "seq": seq, "ts": ts, "body": body}
+    try:
+        return _JSON.encode(doc).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise TelemetryError(f"telemetry body is not plain JSON: {exc}") from exc
 
 
 def decode(payload: bytes | str) -> Envelope:

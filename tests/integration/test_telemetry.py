@@ -27,7 +27,9 @@ from paho.mqtt.properties import Properties
 from edgeai.telemetry import (
     Deduplicator,
     Envelope,
+    MqttOptions,
     Outbox,
+    PahoTransport,
     Telemetry,
     TelemetryConfig,
     decode,
@@ -400,3 +402,32 @@ def test_acl_denied_publish_is_rejected_with_reason_135(tmp_path: Path) -> None:
             t.stop(flush_timeout_s=5)
         # Nothing of node-y's can be delivered; rejected rows are not retried forever.
         assert t.stats()["delivered"] == 0
+
+
+def test_paho_transport_sends_without_waiting_for_select_timeouts(broker: Mosquitto) -> None:
+    # PahoTransport skips the wake-up byte when paho's own network thread queues the next
+    # message (after a PUBACK).  If that message then waited for paho's 1 s select timeout,
+    # 150 messages one at a time on the wire (max_inflight 1) would take ~150 s; and a
+    # publish from another thread into an idle loop must still wake it.
+    opts = MqttOptions(broker.host, broker.port, f"t-{uuid.uuid4().hex[:8]}", max_inflight=1)
+    link = PahoTransport(opts)
+    acked: list[int] = []
+    up = threading.Event()
+    link.set_callbacks(lambda handle, _reason: acked.append(handle), lambda ok: ok and up.set())
+    link.connect()
+    try:
+        assert up.wait(10), "no connection"
+        t0 = time.monotonic()
+        handles = [link.publish(f"edgeai/v1/{FLEET}/x", b"p", 1, False) for _ in range(150)]
+        wait_for(lambda: len(acked) == 150, 60, "150 PUBACKs")
+        burst_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        for _ in range(10):  # the loop is idle in select now: each publish must wake it
+            handles.append(link.publish(f"edgeai/v1/{FLEET}/x", b"p", 1, False))
+            wait_for(lambda: acked[-1] == handles[-1], 10, "the PUBACK")
+        one_by_one_s = time.monotonic() - t0
+    finally:
+        link.disconnect()
+    assert acked == handles  # in order, each once
+    assert burst_s < 30, f"150 sequential publishes took {burst_s:.1f} s: lost wake-ups"
+    assert one_by_one_s < 8, f"10 idle publishes took {one_by_one_s:.1f} s: lost wake-ups"

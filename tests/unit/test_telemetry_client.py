@@ -161,6 +161,31 @@ def test_unflushed_rows_survive_stop_and_go_out_first_next_boot(
     assert (envs[-1].seq, second.boot_id != first.boot_id) == (1, True)
 
 
+def test_flush_waits_for_the_acks(config: TelemetryConfig, made: list[Telemetry]) -> None:
+    link = MemoryTransport(auto_ack=False)
+    t = telemetry(made, config, link)
+    t.start()
+    for i in range(20):  # more than the window of 8: the pump tops it up as acks arrive
+        t.event("e", i=i)
+    assert not t.flush(0.05)
+    assert t.stats()["queued"] == 20
+    done = threading.Event()
+
+    def broker_acks() -> None:
+        while not done.wait(0.005):
+            link.ack()
+
+    acker = threading.Thread(target=broker_acks)
+    acker.start()
+    try:
+        assert t.flush(5)
+    finally:
+        done.set()
+        acker.join()
+    assert t.stats()["queued"] == 0
+    assert [b["i"] for b in bodies(link)] == list(range(20))
+
+
 def test_unflushed_stop_asks_the_broker_for_the_will(
     config: TelemetryConfig, made: list[Telemetry]
 ) -> None:

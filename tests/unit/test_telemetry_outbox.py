@@ -146,3 +146,92 @@ def test_dedup_in_order_stream_keeps_no_set() -> None:
     assert all(dedup.is_new("n", "b", s) for s in range(1, 500))
     assert not dedup.is_new("n", "b", 7)
     assert dedup._streams[("n", "b")].seen == set()
+
+
+# -- rows served from memory ---------------------------------------------------------
+
+
+def file_rows(box: Outbox, limit: int, after_id: int) -> list[tuple[int, bytes, int]]:
+    """What the file itself says :meth:`Outbox.pending` should return."""
+    rows = box._db.execute(
+        "SELECT id, payload, seq FROM messages WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+    ).fetchall()
+    return [(i, bytes(p), s) for i, p, s in rows]
+
+
+@settings(deadline=None, max_examples=150)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("enqueue"), st.booleans()),
+            st.tuples(st.just("read"), st.integers(1, 4)),
+            st.tuples(st.just("ack"), st.integers(1, 4)),
+            st.tuples(st.just("rewind"), st.integers(0, 3)),
+        ),
+        max_size=60,
+    ),
+    memory_rows=st.integers(0, 5),  # below and above the bound of 3
+)
+def test_pending_from_memory_always_matches_the_file(
+    tmp_path_factory: pytest.TempPathFactory,
+    ops: list[tuple[str, int]],
+    memory_rows: int,
+) -> None:
+    # A pump-like reader (a cursor that only moves on, acks what it read) interleaved with
+    # enqueues, overflow drops (bound 3) and re-reads from the start: whatever pending()
+    # serves from memory must be exactly what the file holds.
+    path = tmp_path_factory.mktemp("outbox") / "o.db"
+    with Outbox(path, "b", max_messages=3, memory_rows=memory_rows) as box:
+        cursor, sent = 0, []
+        for op, arg in ops:
+            if op == "enqueue":
+                box.enqueue("t", lambda seq: f"m{seq}".encode(), retain=bool(arg))
+            elif op == "read":
+                got = box.pending(arg, after_id=cursor)
+                assert [(r.id, r.payload, r.seq) for r in got] == file_rows(box, arg, cursor)
+                if got:
+                    cursor = got[-1].id
+                    sent += [r.id for r in got]
+            elif op == "ack":
+                box.ack(sent[:arg])
+                del sent[:arg]
+            else:
+                got = box.pending(10, after_id=arg)
+                assert [(r.id, r.payload, r.seq) for r in got] == file_rows(box, 10, arg)
+        assert len(box) == len(file_rows(box, 100, 0))
+
+
+def test_ids_keep_growing_after_the_newest_row_is_acked(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", "b") as box:
+        box.enqueue("t", b"1")
+        (row,) = box.pending(5)
+        assert box.ack([row.id]) == 1
+        box.enqueue("t", b"2")  # SQLite alone would give this row the acked row's id again
+        (after,) = box.pending(5, after_id=row.id)
+        assert (after.payload, after.id > row.id) == (b"2", True)
+
+
+def test_an_autoincrement_outbox_file_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,
+            qos INTEGER NOT NULL CHECK (qos IN (0, 1, 2)),
+            retain INTEGER NOT NULL CHECK (retain IN (0, 1)),
+            boot_id TEXT NOT NULL, seq INTEGER NOT NULL);
+        INSERT INTO messages (topic, payload, qos, retain, boot_id, seq)
+            VALUES ('t', x'6f6c64', 1, 1, 'old', 7);
+        """
+    )
+    old.close()
+    with Outbox(path, "new") as box:
+        box.enqueue("t", b"new")
+        rows = box.pending(5)
+        assert [(r.boot_id, r.seq, r.payload, r.retain) for r in rows] == [
+            ("old", 7, b"old", True),
+            ("new", 1, b"new", False),
+        ]
+        (sql,) = box._db.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()
+        assert "AUTOINCREMENT" not in sql
