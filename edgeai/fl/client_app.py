@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from flwr.app import (
     ArrayRecord,
@@ -222,6 +224,7 @@ def train(msg: Message, context: Context) -> Message:
     """
     plan = _plan(msg)
     config = msg.content.config_records["config"]
+    started = time.perf_counter()
     try:
         state, metrics = local_train(
             plan,
@@ -232,6 +235,10 @@ def train(msg: Message, context: Context) -> Message:
         )
     except BudgetExhaustedError as exc:
         return Message(Error(code=BUDGET_EXHAUSTED, reason=str(exc)), reply_to=msg)
+    # Where a round's time goes: training here vs this process's whole life (a deployed
+    # SuperNode starts one ClientApp process per message; the difference is its start-up).
+    metrics["train-seconds"] = time.perf_counter() - started
+    metrics["process-seconds"] = time.time() - psutil.Process().create_time()
     content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord({**metrics})})
     return Message(content=content, reply_to=msg)
 
