@@ -75,7 +75,7 @@ def _view(d: Any, started: float) -> Group:
     for release in (rel.get("releases") or [])[-3:]:
         for profile, rollout in (release.get("rollouts") or {}).items():
             releases.add_row(
-                str(release.get("number")),
+                str(release.get("release")),
                 profile,
                 str(rollout.get("state")),
                 ", ".join(rollout.get("wave") or []),

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -201,12 +201,19 @@ class Telemetry:
 
     def event(self, kind: str, **fields: Any) -> int:
         """Publish an event on ``events/<kind>``; returns the seq."""
-        topic = self._event_topics.get(kind)
-        if topic is None:
-            topic = self.topics.event(kind)
-            if len(self._event_topics) < _EVENT_TOPICS_CACHED:
-                self._event_topics[kind] = topic
-        return self._enqueue(topic, fields)
+        return self._enqueue(self._event_topic(kind), fields)
+
+    def events(self, kind: str, bodies: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Publish a burst of events on ``events/<kind>`` with one commit; returns the seqs.
+
+        Durable when it returns, like :meth:`event`; all or none are stored.
+        """
+        topic = self._event_topic(kind)
+        seqs = self._outbox.enqueue_many(
+            [(topic, self._payload(dict(body)), False) for body in bodies]
+        )
+        self._wake_pump()
+        return seqs
 
     def metrics(self, values: Mapping[str, Any]) -> int:
         """Publish metrics, with the outbox's own queued and dropped counts; returns the seq."""
@@ -267,18 +274,31 @@ class Telemetry:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _enqueue(self, topic: str, body: dict[str, Any], *, retain: bool = False) -> int:
+    def _event_topic(self, kind: str) -> str:
+        topic = self._event_topics.get(kind)
+        if topic is None:
+            topic = self.topics.event(kind)
+            if len(self._event_topics) < _EVENT_TOPICS_CACHED:
+                self._event_topics[kind] = topic
+        return topic
+
+    def _payload(self, body: dict[str, Any]) -> Callable[[int], bytes]:
         def payload(seq: int) -> bytes:
             return encode_envelope(self.node, self.boot_id, seq, self._clock(), body)
 
-        seq = self._outbox.enqueue(topic, payload, qos=1, retain=retain)
-        # Wake the pump only when it may be idle and the transport may run dry; it takes rows
-        # in batches.
+        return payload
+
+    def _enqueue(self, topic: str, body: dict[str, Any], *, retain: bool = False) -> int:
+        seq = self._outbox.enqueue(topic, self._payload(body), qos=1, retain=retain)
+        self._wake_pump()
+        return seq
+
+    def _wake_pump(self) -> None:
+        # Only when it may be idle and the transport may run dry; it takes rows in batches.
         if not self._dirty and len(self._inflight) < self._low_water:
             with self._cond:
                 self._dirty = True
                 self._cond.notify_all()
-        return seq
 
     # -- transport callbacks (paho's network thread) -----------------------------------
 

@@ -237,6 +237,47 @@ class Outbox:
             raise OutboxError(f"cannot write to the telemetry outbox {self.path}: {exc}") from exc
         return seq
 
+    def enqueue_many(
+        self,
+        messages: Iterable[tuple[str, bytes | Callable[[int], bytes], bool]],
+        *,
+        qos: int = 1,
+    ) -> list[int]:
+        """Store ``(topic, payload, retain)`` messages in one transaction; returns their seqs.
+
+        For bursts: one commit for all of them instead of one each.  All or none are stored.
+        """
+        if qos not in (0, 1, 2):
+            raise OutboxError(f"qos must be 0, 1 or 2; got {qos!r}")
+        try:
+            with self._lock:
+                rows: list[Row] = []
+                seq, row_id = self._seq, self._last_id
+                for topic, payload, retain in messages:
+                    seq, row_id = seq + 1, row_id + 1
+                    body = payload(seq) if callable(payload) else payload
+                    rows.append(Row(row_id, topic, body, qos, retain, self.boot_id, seq))
+                if not rows:
+                    return []
+                with self._transaction():
+                    self._db.executemany(_INSERT, rows)
+                    self._count += len(rows)
+                    over = self._count - self.max_messages
+                    if over > 0:
+                        self._drop_oldest(over)
+                if over > 0:
+                    self._fresh.clear()
+                    self._fresh_after = row_id
+                else:
+                    for row in rows:
+                        self._remember(row)
+                self._seq, self._last_id = seq, row_id
+        except sqlite3.Error as exc:
+            with self._lock:
+                self._recount()
+            raise OutboxError(f"cannot write to the telemetry outbox {self.path}: {exc}") from exc
+        return [row.seq for row in rows]
+
     def _remember(self, row: Row) -> None:
         fresh = self._fresh
         fresh.append(row)

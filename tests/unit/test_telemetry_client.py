@@ -161,6 +161,21 @@ def test_unflushed_rows_survive_stop_and_go_out_first_next_boot(
     assert (envs[-1].seq, second.boot_id != first.boot_id) == (1, True)
 
 
+def test_a_burst_of_events_is_one_call_and_arrives_in_order(
+    config: TelemetryConfig, made: list[Telemetry]
+) -> None:
+    link = MemoryTransport()
+    t = telemetry(made, config, link)
+    t.start()
+    t.event("e", i=-1)
+    assert t.events("e", ({"i": i} for i in range(30))) == list(range(2, 32))
+    wait_for(lambda: t.stats()["queued"] == 0)
+    envs = [decode(m.payload) for m in link.received]
+    assert [e.body["i"] for e in envs] == list(range(-1, 30))
+    assert [e.seq for e in envs] == list(range(1, 32))
+    assert {m.topic for m in link.received} == {"edgeai/v1/f1/nodes/node-1/events/e"}
+
+
 def test_flush_waits_for_the_acks(config: TelemetryConfig, made: list[Telemetry]) -> None:
     link = MemoryTransport(auto_ack=False)
     t = telemetry(made, config, link)

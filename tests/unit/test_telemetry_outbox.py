@@ -164,6 +164,7 @@ def file_rows(box: Outbox, limit: int, after_id: int) -> list[tuple[int, bytes, 
     ops=st.lists(
         st.one_of(
             st.tuples(st.just("enqueue"), st.booleans()),
+            st.tuples(st.just("enqueue_many"), st.integers(0, 4)),
             st.tuples(st.just("read"), st.integers(1, 4)),
             st.tuples(st.just("ack"), st.integers(1, 4)),
             st.tuples(st.just("rewind"), st.integers(0, 3)),
@@ -186,6 +187,10 @@ def test_pending_from_memory_always_matches_the_file(
         for op, arg in ops:
             if op == "enqueue":
                 box.enqueue("t", lambda seq: f"m{seq}".encode(), retain=bool(arg))
+            elif op == "enqueue_many":
+                box.enqueue_many(
+                    [("t", lambda seq: f"m{seq}".encode(), i == 0) for i in range(arg)]
+                )
             elif op == "read":
                 got = box.pending(arg, after_id=cursor)
                 assert [(r.id, r.payload, r.seq) for r in got] == file_rows(box, arg, cursor)
@@ -199,6 +204,30 @@ def test_pending_from_memory_always_matches_the_file(
                 got = box.pending(10, after_id=arg)
                 assert [(r.id, r.payload, r.seq) for r in got] == file_rows(box, 10, arg)
         assert len(box) == len(file_rows(box, 100, 0))
+
+
+def test_enqueue_many_is_one_all_or_nothing_transaction(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", "b", max_messages=5) as box:
+        box.enqueue("t", b"first")
+        assert box.enqueue_many([("t", b"a", False), ("s", b"b", True)]) == [2, 3]
+        assert box.enqueue_many([]) == []
+
+        def boom(seq: int) -> bytes:
+            raise ValueError(seq)
+
+        with pytest.raises(ValueError, match="5"):
+            box.enqueue_many([("t", b"c", False), ("t", boom, False)])
+        assert [(r.seq, r.topic, r.payload, r.retain) for r in box.pending(9)] == [
+            (1, "t", b"first", False),
+            (2, "t", b"a", False),
+            (3, "s", b"b", True),
+        ]
+        # Over the bound inside one batch: the oldest non-retained rows go, counted.
+        assert box.enqueue_many([("t", f"x{i}".encode(), False) for i in range(4)]) == [4, 5, 6, 7]
+        assert [r.payload for r in box.pending(9)] == [b"b", b"x0", b"x1", b"x2", b"x3"]
+        assert (len(box), box.dropped) == (5, 2)
+        with pytest.raises(OutboxError, match="qos"):
+            box.enqueue_many([("t", b"x", False)], qos=5)
 
 
 def test_ids_keep_growing_after_the_newest_row_is_acked(tmp_path: Path) -> None:
