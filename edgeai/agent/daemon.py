@@ -183,6 +183,13 @@ class Agent:
     def _activate(self, bundle: Path) -> None:
         """Load ``bundle`` beside the serving model and swap it in (requests never fail)."""
         served = load_served(bundle, self.profile)
+        if served.fallbacks:  # e.g. a Jetson profile on a host without TensorRT or CUDA
+            self.reporter.event(
+                "provider_fallback",
+                provider=served.provider,
+                reasons=list(served.fallbacks),
+                version=served.version,
+            )
         self.holder.swap(served)
         active = self.store.active()
         self.release = active.release if active is not None else None
@@ -334,6 +341,7 @@ class Agent:
             model_version=served.version if served else None,
             release=self.release,
             provider=served.provider if served else None,
+            fallbacks=list(served.fallbacks) if served else [],
             grpc_port=self.server.grpc_port,
             http_port=self.server.http_port,
             host=socket.gethostname(),

@@ -5,6 +5,7 @@ The holder lets the agent swap in a new model while requests are in flight.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -82,6 +83,8 @@ class ServedModel:
     outputs: tuple[TensorSpec, ...]
     session: Any  # onnxruntime.InferenceSession (untyped package)
     platform: str = PLATFORM
+    # Providers of the profile passed over at load, each "Provider: reason".
+    fallbacks: tuple[str, ...] = ()
     input_index: dict[str, TensorSpec] = field(init=False, repr=False)
     output_index: dict[str, TensorSpec] = field(init=False, repr=False)
     output_names: tuple[str, ...] = field(init=False, repr=False)
@@ -176,7 +179,9 @@ def load_served(bundle_dir: Path, profile: DeviceProfile, *, spin: bool = False)
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{manifest_path}: unreadable manifest ({exc})") from exc
     loaded = create_session(bundle_dir, profile, factory=None if spin else _no_spinning)
-    return served_from_session(loaded.session, name, version, loaded.provider)
+    served = served_from_session(loaded.session, name, version, loaded.provider)
+    reasons = tuple(f"{f.provider}: {f.reason}" for f in loaded.fallbacks)
+    return dataclasses.replace(served, fallbacks=reasons) if reasons else served
 
 
 class ModelHolder:
