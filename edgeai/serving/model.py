@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,12 +132,6 @@ def _no_spinning(model: str, options: Any, providers: Any) -> Any:
     # (measured: ~0.5 ms of CPU per tiny request).
     # The key is in onnxruntime_session_options_config_keys.h of the ORT sources.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # More intra-op threads than the CPUs this process may run on (taskset, a cgroup
-    # cpuset, systemd's CPUAffinity=) only time-slice one core: measured on a server pinned
-    # to one CPU, 2 threads took 133 us per batch-1 run of the FedAvg CNN, 1 thread 84 us.
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
-    if 0 < allowed < options.intra_op_num_threads:
-        options.intra_op_num_threads = allowed
     return ort.InferenceSession(model, options, providers=providers)
 
 
