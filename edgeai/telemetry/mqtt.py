@@ -37,6 +37,7 @@ ConnectionCallback = Callable[[bool], None]
 """Called with True after each successful (re)connect and False after each loss."""
 
 REASON_NOT_AUTHORIZED = 135
+_COALESCE_BYTES = 64 * 1024  # at most this much per merged write (see _Client)
 
 
 class TransportError(EdgeAIError, ConnectionError):
@@ -198,18 +199,25 @@ class PahoTransport:
 
 
 class _Client(paho.Client):
-    """paho's client, minus a wake-up the network thread sends itself for every QoS 1 publish.
+    """paho's client with two cuts in the network thread's per-message work.
 
-    ``Client._packet_queue`` writes a byte to a socket pair after queueing any packet, so that
-    a network thread blocked in ``select`` notices it.  When the packet comes from the network
-    thread itself (the next queued message, sent from the PUBACK handler via
-    ``_update_inflight``) that thread is not in ``select``: its next ``_loop`` sees
-    ``want_write()`` anyway.  The byte then costs a ``send`` plus a later ``recv`` per message
-    on the thread that bounds throughput, so it is skipped there by hiding ``_sockpairW`` for
-    the call (only that thread ever replaces the socket pair while the loop runs).  Other
-    threads still wake it.  Source: paho-mqtt 2.x ``paho/mqtt/client.py``, ``_packet_queue``,
-    ``_loop`` and ``_handle_pubackcomp``; if a paho version lacks these attributes the
-    stock behaviour is used.
+    That thread bounds throughput: on each PUBACK it queues the next waiting QoS 1 message
+    (``_handle_pubackcomp`` -> ``_do_on_publish`` -> ``_update_inflight`` ->
+    ``_send_publish`` -> ``_packet_queue``), and later writes it (``_loop`` ->
+    ``loop_write`` -> ``_packet_write``, one ``send`` per queued packet).  When
+    ``_packet_queue`` runs on that thread itself:
+
+    - it writes no wake-up byte to the socket pair: the thread is not in ``select``, and its
+      next ``_loop`` sees ``want_write()`` anyway.  Stock paho pays a ``send`` plus a later
+      ``recv`` per message for it.  Other threads still wake the loop.
+    - a QoS > 0 PUBLISH is appended to the previous queued PUBLISH if none of that one's
+      bytes went out yet, so the PUBLISHes released by a burst of PUBACKs leave in one
+      ``send``.  Only the network thread writes or pops queued packets, so the merged entry
+      cannot be half-written meanwhile; ``_packet_write`` reads nothing per packet of a QoS > 0
+      PUBLISH but its bytes (``mid``/``info`` matter for QoS 0 and DISCONNECT only).
+
+    Source: paho-mqtt 2.1/2.2 ``paho/mqtt/client.py`` (``_packet_queue``, ``_packet_write``,
+    ``_loop``).  Should a paho release queue packets differently, the stock path is used.
     """
 
     def _packet_queue(
@@ -223,11 +231,36 @@ class _Client(paho.Client):
         thread = getattr(self, "_thread", None)
         if thread is None or thread is not threading.current_thread():
             return super()._packet_queue(command, packet, mid, qos, info)
+        if command == paho.PUBLISH and qos > 0 and self._append_to_last_publish(packet):
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
         wake, self._sockpairW = self._sockpairW, None
         try:
             return super()._packet_queue(command, packet, mid, qos, info)
         finally:
             self._sockpairW = wake
+
+    def _append_to_last_publish(self, packet: bytes | bytearray) -> bool:
+        queue = getattr(self, "_out_packet", None)
+        if not queue:
+            return False
+        last = queue[-1]
+        try:
+            mergeable = (
+                last["command"] == paho.PUBLISH
+                and last["qos"] > 0
+                and last["pos"] == 0
+                and last["to_process"] + len(packet) <= _COALESCE_BYTES
+            )
+        except (KeyError, TypeError):  # a paho that keeps packets another way
+            return False
+        if not mergeable:
+            return False
+        if isinstance(last["packet"], bytearray):  # what _send_publish builds
+            last["packet"].extend(packet)
+        else:
+            last["packet"] = last["packet"] + packet
+        last["to_process"] += len(packet)
+        return True
 
 
 def _ignore_ack(handle: int, reason: int) -> None:

@@ -431,3 +431,39 @@ def test_paho_transport_sends_without_waiting_for_select_timeouts(broker: Mosqui
     assert acked == handles  # in order, each once
     assert burst_s < 30, f"150 sequential publishes took {burst_s:.1f} s: lost wake-ups"
     assert one_by_one_s < 8, f"10 idle publishes took {one_by_one_s:.1f} s: lost wake-ups"
+
+
+def test_paho_transport_bursts_arrive_intact_and_in_order(
+    broker: Mosquitto, collector: Collector
+) -> None:
+    # PahoTransport's client merges the PUBLISHes that a burst of PUBACKs releases into one
+    # socket write: a subscriber must still see every message whole, once, in order.
+    opts = MqttOptions(broker.host, broker.port, f"t-{uuid.uuid4().hex[:8]}", max_inflight=20)
+    link = PahoTransport(opts)
+    client = link._client
+    merged = []
+    append = client._append_to_last_publish
+
+    def counting_append(packet: bytes | bytearray) -> bool:
+        merged.append(append(packet))
+        return merged[-1]
+
+    client._append_to_last_publish = counting_append  # type: ignore[method-assign]
+    acked: list[int] = []
+    up = threading.Event()
+    link.set_callbacks(lambda handle, _reason: acked.append(handle), lambda ok: ok and up.set())
+    link.connect()
+    topic = f"edgeai/v1/{FLEET}/nodes/burst/events/tick"
+    try:
+        assert up.wait(10), "no connection"
+        for i in range(2000):  # bodies of different lengths, so a torn merge cannot go unseen
+            payload = Envelope("burst", "b1", i + 1, 0.0, {"i": i, "pad": "x" * (i % 97)})
+            link.publish(topic, payload.encode(), 1, False)
+        wait_for(lambda: len(acked) == 2000, 60, "2000 PUBACKs")
+        wait_for(lambda: len(collector.ticks()) == 2000, 30, "2000 messages at the subscriber")
+    finally:
+        link.disconnect()
+    assert any(merged), "no PUBLISH was merged: the test did not exercise the merge"
+    got = [env.body for topic_, env, _ in collector.messages if topic_ == topic]
+    assert [(b["i"], len(b["pad"])) for b in got] == [(i, i % 97) for i in range(2000)]
+    assert collector.duplicates == 0
