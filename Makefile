@@ -10,7 +10,7 @@ OUT    ?= results/quickstart
 export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 
-.PHONY: run test lint typecheck unit integration clean
+.PHONY: run test lint typecheck unit integration clean mosquitto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,16 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-run
 run: $(VENV)/.installed-run
 	$(BIN)/edgeai simulate simulations/quickstart.toml --out $(OUT)
 
-test: $(VENV)/.installed-dev
+# The integration tests run a real Mosquitto broker (and mosquitto_sub / mosquitto_passwd).
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] \
+	  || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; } \
+	  || { echo "install mosquitto and mosquitto-clients (e.g. sudo apt-get install mosquitto mosquitto-clients)"; exit 1; }
+	@command -v mosquitto_sub >/dev/null 2>&1 \
+	  || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq mosquitto-clients >/dev/null; } \
+	  || { echo "install mosquitto-clients (mosquitto_sub)"; exit 1; }
+
+test: $(VENV)/.installed-dev mosquitto
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
