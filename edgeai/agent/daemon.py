@@ -320,6 +320,8 @@ class Agent:
             "PATH": path,
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
+            # SuperExec looks for new tasks every 1 s by default: up to a second per round.
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
         }
         self.supernode = ProcessSupervisor(
             "supernode",

@@ -68,6 +68,8 @@ class Announcer:
 class FederationServer:
     """The server's parts, started in order and stopped in reverse."""
 
+    MAX_RESUBMITS = 3
+
     def __init__(
         self, config: ServerConfig, on_status: Callable[[dict[str, Any]], None] | None = None
     ):
@@ -86,6 +88,7 @@ class FederationServer:
         self.run_status: RunStatus | None = None
         self.metrics_url: str | None = None
         self._proposed: set[int] = set()
+        self._resubmits = 0
         self._stop = threading.Event()
 
     # -- start / stop ---------------------------------------------------------------------
@@ -198,11 +201,39 @@ class FederationServer:
                 self.run_status = status(self._connection(), self.run_id)
             except ControlAPIError as exc:  # e.g. the SuperLink is restarting
                 log.warning("run %s: %s", self.run_id, exc)
+            self._resubmit_if_cut_off()
         self._propose_due()
         if self.releases is not None:
             for change in self.releases.step():
                 log.info("release change: %s", change)
         self._write_status()
+
+    def _resubmit_if_cut_off(self) -> None:
+        # A SuperLink that restarts ends the run in flight as failed (its ServerApp process
+        # died with it). Submitting the same spec again resumes from the last checkpoint and
+        # the persisted accountant; a run that keeps failing is given up after a few tries.
+        st = self.run_status
+        if st is None or not st.finished or st.ok or st.sub_status == "stopped":
+            return
+        server_app = read_status(self.run_paths) or {}
+        if server_app.get("state") not in (None, "running", "starting"):
+            return  # the ServerApp itself said why it ended (too few nodes, budget ...)
+        if self._resubmits >= self.MAX_RESUBMITS:
+            return
+        self._resubmits += 1
+        log.warning(
+            "run %s ended %s (%s); resubmitting (%d/%d) to resume from its checkpoint",
+            st.run_id,
+            st.sub_status,
+            st.details,
+            self._resubmits,
+            self.MAX_RESUBMITS,
+        )
+        try:
+            self._submit()
+            self.run_status = None
+        except ControlAPIError as exc:
+            log.warning("resubmitting failed: %s", exc)
 
     def _propose_due(self) -> None:
         run, releases = self.config.run, self.releases
