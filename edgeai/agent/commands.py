@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -32,11 +29,10 @@ def run(
     from edgeai.agent.config import load_agent_config  # noqa: PLC0415
     from edgeai.agent.daemon import ExitCode, run_agent  # noqa: PLC0415
     from edgeai.errors import ConfigError, EdgeAIError, UnknownNameError  # noqa: PLC0415
+    from edgeai.logs import configure  # noqa: PLC0415
     from edgeai.serving.server import ServingStartError  # noqa: PLC0415
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines())
-    logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
+    configure(log_level)
     try:
         cfg = load_agent_config(config)
         code = run_agent(cfg, on_ready=_announce)
@@ -50,22 +46,6 @@ def run(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(ExitCode.FAILED) from None
     raise typer.Exit(code)
-
-
-class JsonLines(logging.Formatter):
-    """One JSON object per log line (journald and log shippers parse it as is)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render ``record`` as a JSON line."""
-        doc = {
-            "ts": round(record.created, 3),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
 
 
 def _announce(agent: Agent) -> None:

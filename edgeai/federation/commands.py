@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
 import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -42,13 +40,11 @@ def run(
     Exit codes: 0 stopped cleanly (or the run completed, with --exit-when-done), 1 the run
     failed, 2 invalid configuration, 3 cannot start (port taken, broker or SuperLink down).
     """
-    from edgeai.agent.commands import JsonLines  # noqa: PLC0415
     from edgeai.errors import ConfigError, EdgeAIError, UnknownNameError  # noqa: PLC0415
     from edgeai.federation.server import ExitCode, FederationServer  # noqa: PLC0415
+    from edgeai.logs import configure  # noqa: PLC0415
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines())
-    logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
+    configure(log_level)
     server = FederationServer(_load(config))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.request_stop())

@@ -100,6 +100,31 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield b
 
 
+def retained_status(broker: Mosquitto) -> dict[str, Any]:
+    """The agent's retained status, as the stock `mosquitto_sub` sees it."""
+    shown = subprocess.run(
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(broker.port),
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-t",
+            f"edgeai/v1/{FLEET}/nodes/a1/status",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=20,
+    )
+    body: dict[str, Any] = json.loads(shown.stdout)
+    return body
+
+
 def rest(port: int, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
@@ -253,26 +278,7 @@ fleet = "{FLEET}"
             assert metrics["metrics"]["inference_count"] > 0
             status, text = rest(http, "/metrics")
             assert "edgeai_agent_release 1.0" in text["text"]
-            shown = subprocess.run(
-                [
-                    "mosquitto_sub",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(broker.port),
-                    "-C",
-                    "1",
-                    "-W",
-                    "10",
-                    "-t",
-                    f"edgeai/v1/{FLEET}/nodes/a1/status",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=20,
-            )
-            retained = json.loads(shown.stdout)
+            retained = retained_status(broker)
             assert (retained["body"]["state"], retained["body"]["release"]) == ("online", 1)
         finally:
             code = stop_agent(agent)
@@ -281,26 +287,7 @@ fleet = "{FLEET}"
         log = (config.parent / "agent.log").read_text()
         assert '"msg": "agent_stopping' in log
         # The outbox was flushed: the retained status says "stopped".
-        shown = subprocess.run(
-            [
-                "mosquitto_sub",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(broker.port),
-                "-C",
-                "1",
-                "-W",
-                "10",
-                "-t",
-                f"edgeai/v1/{FLEET}/nodes/a1/status",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=20,
-        )
-        assert json.loads(shown.stdout)["body"]["state"] == "stopped"
+        assert retained_status(broker)["body"]["state"] == "stopped"
 
 
 def test_agent_keeps_its_supernode_running(

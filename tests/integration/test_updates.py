@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,8 +19,6 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import pytest
 
 from edgeai.artifacts import (
@@ -38,6 +35,7 @@ from edgeai.artifacts import (
 from edgeai.artifacts._bundle import bundle_mismatches, sha256_file
 from edgeai.artifacts._tuf import CryptoSigner, Metadata
 from edgeai.profiles import DeviceProfile, load_profile
+from tests.bundles import bundle_variant
 
 pytestmark = pytest.mark.integration
 
@@ -45,32 +43,13 @@ PROFILE = "x86-64-avx2"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def variant(src: Path, dest: Path, tag: str, *, golden_shift: float = 0.0) -> Path:
-    """Copy a bundle with a distinct model file (doc string) and, optionally, wrong goldens."""
-    shutil.copytree(src, dest)
-    model = onnx.load(str(dest / "model.onnx"))
-    model.doc_string = f"release {tag}"
-    onnx.save(model, str(dest / "model.onnx"))
-    manifest = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
-    if golden_shift:
-        key = manifest["golden"]["output_key"]
-        with np.load(dest / "golden.npz") as data:
-            arrays = dict(data)
-        arrays[key] = arrays[key] + golden_shift
-        np.savez(dest / "golden.npz", **arrays)
-    manifest["model"]["version"] = f"{tag}-{sha256_file(dest / 'model.onnx')[:8]}"
-    manifest["files"] = {n: sha256_file(dest / n) for n in manifest["files"]}
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    return dest
-
-
 @pytest.fixture(scope="module")
 def bundles(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("variants")
     return {
-        "r1": variant(tiny_bundle, base / "r1", "r1"),
-        "r2": variant(tiny_bundle, base / "r2", "r2"),
-        "bad": variant(tiny_bundle, base / "bad", "bad", golden_shift=1.0),
+        "r1": bundle_variant(tiny_bundle, base / "r1", "r1"),
+        "r2": bundle_variant(tiny_bundle, base / "r2", "r2"),
+        "bad": bundle_variant(tiny_bundle, base / "bad", "bad", golden_shift=1.0),
     }
 
 
