@@ -56,3 +56,22 @@ def _announce(agent: Agent) -> None:
         f"{agent.server.grpc_port} http=http://{agent.config.serving.host}:{agent.server.http_port}",
         err=True,
     )
+
+
+@app.command(name="keygen")
+def keygen(
+    path: Annotated[Path, typer.Argument(help="Private key file to write (and PATH.pub).")],
+    name: Annotated[str, typer.Option(help="A comment in the public key (the node name).")] = "",
+) -> None:
+    """Make this device's node key pair for Flower node authentication.
+
+    Keep PATH on the device (agent.toml: federation.auth_private_key); give PATH.pub to the
+    operator, who approves it with `edgeai server enroll PATH.pub`.
+    """
+    from edgeai.federation.enroll import generate_node_key  # noqa: PLC0415
+
+    if path.exists():
+        typer.echo(f"error: {path} exists; a node keeps its key (remove it to make a new one)")
+        raise typer.Exit(2)
+    key = generate_node_key(path, name or path.stem)
+    typer.echo(f"wrote {key.private} (keep it here) and {key.public} (enroll it on the server)")
