@@ -8,7 +8,6 @@ against ``state_dir`` (itself relative to the file's folder).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -74,10 +73,6 @@ def _anchor(path: Path | None, base: Path) -> Path | None:
     return path if path is None or path.is_absolute() else base / path
 
 
-def _anchored(section: dict[str, Any], keys: tuple[str, ...], base: Path) -> dict[str, Any]:
-    return {k: (str(_anchor(Path(v), base)) if k in keys and v else v) for k, v in section.items()}
-
-
 _PATHS = {
     "superlink": (
         "database",
@@ -95,10 +90,8 @@ _PATHS = {
 }
 
 
-def load_server_config(path: Path, overrides: dict[str, Any] | None = None) -> ServerConfig:
+def load_server_config(path: Path) -> ServerConfig:
     """Read ``federation.toml``; relative paths become relative to ``state_dir``.
-
-    ``overrides`` maps ``section.key`` (or ``key``) to a value, applied before validation.
 
     Raises
     ------
@@ -106,22 +99,21 @@ def load_server_config(path: Path, overrides: dict[str, Any] | None = None) -> S
         The file, field and fix of the problems found.
     """
     data = read_mapping(path)
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
     base = path.resolve().parent
-    state = _anchor(Path(data.get("state_dir", "/var/lib/edgeai")), base) or base
-    data["state_dir"] = str(state)
-    for section, keys in _PATHS.items():
-        if isinstance(data.get(section), dict):
-            # The experiment is the operator's file: relative to federation.toml, not state.
-            anchor = base if section == "run" else state
-            data[section] = _anchored(data[section], keys, anchor)
     fleet = data.get("fleet", "default")
-    for section in ("broker", "collector"):
-        if isinstance(data.get(section), dict):
+    for section in ("broker", "collector"):  # one fleet name, given once
+        if isinstance(data.setdefault(section, {}), dict):
             data[section].setdefault("fleet", fleet)
-    return parse(ServerConfig, data, str(path))
+    cfg = parse(ServerConfig, data, str(path))
+    # Anchor after validation, so that defaults (collector.db_path = "fleet.sqlite") land in
+    # state_dir too, never in whatever directory the server was started from.
+    state = _anchor(cfg.state_dir, base) or base
+    updates: dict[str, object] = {"state_dir": state}
+    for section, keys in _PATHS.items():
+        part = getattr(cfg, section)
+        if part is None:
+            continue
+        anchor = base if section == "run" else state  # the experiment is the operator's file
+        changed = {k: _anchor(getattr(part, k), anchor) for k in keys}
+        updates[section] = part.model_copy(update=changed)
+    return cfg.model_copy(update=updates)

@@ -233,7 +233,7 @@ def test_k8s_manifests_are_consistent_with_federation_toml() -> None:
         ("Service", "edgeai-server"): {
             fed["superlink"]["port"],
             fed["artifacts"]["port"],
-            fed["run"]["metrics_port"],
+            fed["metrics_port"],
         },
     }
     workloads = [d for (kind, _), d in docs.items() if kind in ("Deployment", "StatefulSet")]
