@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -376,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ImportError as exc:
         log.error("cannot preload %s: %s (install edgeai[train])", exc.name, exc)
         sys.exit(EXIT_PRELOAD_FAILED)
+    # Children would otherwise scan (and so copy-on-write) every preloaded object at their
+    # first collection: https://docs.python.org/3/library/gc.html#gc.freeze
+    gc.freeze()
     threads = os_threads()
     # Readiness for supervisors and tests: one line, then the loop.
     print(

@@ -180,7 +180,7 @@ def dp_rounds(root: Path, warm: bool, rounds: int = 2) -> list[dict[str, object]
 
 @pytest.mark.slow
 def test_warm_gives_the_same_dp_rounds_as_flowers_executor(tmp_path: Path) -> None:
-    """Same data, seed and plan through both executors: the same rounds, warm starts faster."""
+    """Same data, seed and plan through both executors: the same rounds (timings: bench/)."""
     warm = dp_rounds(tmp_path / "warm", warm=True)
     cold = dp_rounds(tmp_path / "cold", warm=False)
     assert [r["round"] for r in warm] == [r["round"] for r in cold] == [1, 2]
@@ -191,8 +191,6 @@ def test_warm_gives_the_same_dp_rounds_as_flowers_executor(tmp_path: Path) -> No
         assert w["accuracy"] == pytest.approx(c["accuracy"], abs=1e-6)
         assert w["loss"] == pytest.approx(c["loss"], rel=1e-5)
         assert w["epsilon"] == pytest.approx(c["epsilon"], rel=1e-9)
-        # A forked child is ready in well under a second; a fresh interpreter is not.
-        assert float(w["clientapp_start_s"]) < 1.0 < float(c["clientapp_start_s"])  # type: ignore[arg-type]
 
 
 def test_warm_superexec_killed_mid_round_then_restarted(tmp_path: Path) -> None:
