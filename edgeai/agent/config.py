@@ -31,6 +31,10 @@ class FederationConfig(Frozen):
     auth_private_key: Path | None = None  # the node's key; the operator enrolls its public half
     runtime_port: int = Field(9094, ge=1, le=65535)  # two agents on one host need two ports
     executable: str = "flower-supernode"
+    # A warm SuperExec that forks ClientApps from a process with torch and Opacus already
+    # imported (edgeai.agent.warm_exec), instead of Flower's fresh interpreter per message:
+    # 4-6 s less per round on a 2-core box (bench/bench_fleet_round.py). Linux only.
+    warm_clientapp: bool = True
     restart_initial_s: float = Field(1.0, gt=0)
     restart_max_s: float = Field(60.0, gt=0)
 

@@ -27,7 +27,9 @@ from edgeai.agent.federation import (
     LedgerWatch,
     ledger_path,
     node_config,
+    superexec_argv,
     supernode_argv,
+    warm,
     write_node_config,
 )
 from edgeai.agent.supervisor import Backoff, ProcessSupervisor
@@ -80,6 +82,7 @@ class Agent:
         self.server = InferenceServer(self.holder, config.serving, self.registry)
         self.discovery: Discovery | None = None
         self.supernode: ProcessSupervisor | None = None
+        self.superexec: ProcessSupervisor | None = None
         self.mirror: ServeHandle | None = None
         self.release: int | None = None
         self.ledger = LedgerWatch(ledger_path(config), config.node)
@@ -140,8 +143,9 @@ class Agent:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self.supernode is not None:
-            await asyncio.to_thread(self.supernode.stop, grace)
+        for child in (self.superexec, self.supernode):
+            if child is not None:
+                await asyncio.to_thread(child.stop, grace)
         await self.server.stop(grace)
         if self.mirror is not None:
             self.mirror.close()
@@ -323,15 +327,27 @@ class Agent:
             # SuperExec looks for new tasks every 1 s by default: up to a second per round.
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
         }
+        backoff = Backoff(initial_s=fed.restart_initial_s, max_s=fed.restart_max_s)
+        logs = self.state_dir / "logs"
         self.supernode = ProcessSupervisor(
             "supernode",
             supernode_argv(fed, superlink, node_file),
             env=env,
-            backoff=Backoff(initial_s=fed.restart_initial_s, max_s=fed.restart_max_s),
+            backoff=backoff,
             on_event=self.reporter.event_sink,
-            log_path=self.state_dir / "logs" / "supernode.log",
+            log_path=logs / "supernode.log",
         )
         self.supernode.start()
+        if warm(fed):  # started second: it retries until the SuperNode's Runtime API is up
+            self.superexec = ProcessSupervisor(
+                "superexec",
+                superexec_argv(fed),
+                env=env,
+                backoff=backoff,
+                on_event=self.reporter.event_sink,
+                log_path=logs / "superexec.log",
+            )
+            self.superexec.start()
 
     # -- telemetry ---------------------------------------------------------------------------
 

@@ -56,8 +56,17 @@ def executable(name: str) -> str:
     return found
 
 
+def warm(fed: FederationConfig) -> bool:
+    """Whether ClientApps run in the warm forking SuperExec (Linux: fork + prctl)."""
+    return fed.warm_clientapp and sys.platform == "linux"
+
+
 def supernode_argv(fed: FederationConfig, superlink: str, node_config_file: Path) -> list[str]:
-    """The ``flower-supernode`` command for this agent."""
+    """The ``flower-supernode`` command for this agent.
+
+    With the warm SuperExec the SuperNode starts no ClientApp processes itself
+    (``--isolation process``); :func:`superexec_argv` runs beside it.
+    """
     argv = [
         executable(fed.executable),
         "--superlink",
@@ -69,7 +78,7 @@ def supernode_argv(fed: FederationConfig, superlink: str, node_config_file: Path
         "--port",
         str(fed.runtime_port),
         "--isolation",
-        "subprocess",
+        "process" if warm(fed) else "subprocess",
     ]
     if fed.insecure:
         argv.append("--insecure")
@@ -78,6 +87,20 @@ def supernode_argv(fed: FederationConfig, superlink: str, node_config_file: Path
     if fed.auth_private_key is not None:
         argv += ["--auth-supernode-private-key", str(fed.auth_private_key)]
     return argv
+
+
+def superexec_argv(fed: FederationConfig) -> list[str]:
+    """The warm SuperExec beside the SuperNode (it talks to its local Runtime API)."""
+    return [
+        sys.executable,
+        "-m",
+        "edgeai.agent.warm_exec",
+        "--runtime-api-address",
+        f"127.0.0.1:{fed.runtime_port}",
+        "--insecure",  # loopback, to this device's own SuperNode
+        "--poll-s",
+        "0.1",
+    ]
 
 
 @dataclass(frozen=True)

@@ -345,17 +345,22 @@ http_port = 0
                 return []
         return [r[0] for r in rows]
 
-    def supernode_starts() -> list[int]:
-        return [
-            json.loads(line)["msg"].split(" ", 1)[1]
+    def starts(process: str) -> list[dict[str, Any]]:
+        events = [
+            json.loads(json.loads(line)["msg"].split(" ", 1)[1])
             for line in log.read_text().splitlines()
             if '"msg": "process_started' in line
         ]
+        return [e for e in events if e["process"] == process]
+
+    def supernode_starts() -> list[dict[str, Any]]:
+        return starts("supernode")
 
     try:
         first = wait_for(online_nodes, 60, "the SuperNode to register")
         started = wait_for(supernode_starts, 10, "process_started")
-        pid = json.loads(started[0])["pid"]
+        pid = started[0]["pid"]
+        assert wait_for(lambda: starts("superexec"), 10, "the warm SuperExec")
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: len(supernode_starts()) >= 2, 30, "the SuperNode to be restarted")
         again = wait_for(lambda: [n for n in online_nodes() if n not in first], 60, "re-register")
@@ -369,9 +374,9 @@ http_port = 0
         link.wait(10)
     assert code == 0, log.read_text()[-3000:]
     # The SuperNode went down with the agent.
-    last = json.loads(supernode_starts()[-1])["pid"]
-    with pytest.raises(ProcessLookupError):
-        os.kill(last, 0)
+    for child in (supernode_starts()[-1], starts("superexec")[-1]):
+        with pytest.raises(ProcessLookupError):
+            os.kill(child["pid"], 0)
 
 
 def test_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
