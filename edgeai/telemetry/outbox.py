@@ -213,7 +213,7 @@ class Outbox:
             with self._lock:
                 seq = self._seq + 1
                 row_id = self._last_id + 1
-                body = payload(seq) if callable(payload) else payload
+                body = bytes(payload(seq) if callable(payload) else payload)  # a copy if mutable
                 row = Row(row_id, topic, body, qos, retain, self.boot_id, seq)
                 if self._count < self.max_messages:
                     # In autocommit mode one statement is its own transaction: no BEGIN/COMMIT
@@ -256,7 +256,7 @@ class Outbox:
                 for topic, payload, retain in messages:
                     seq, row_id = seq + 1, row_id + 1
                     body = payload(seq) if callable(payload) else payload
-                    rows.append(Row(row_id, topic, body, qos, retain, self.boot_id, seq))
+                    rows.append(Row(row_id, topic, bytes(body), qos, retain, self.boot_id, seq))
                 if not rows:
                     return []
                 with self._transaction():
