@@ -206,15 +206,19 @@ class Demo:
             for a in self.agents
         )
 
+    def wait_alive(self) -> None:
+        """Raise with the log's tail if the server or an agent exited."""
+        self._check_server()
+        for agent in self.agents:
+            if agent.proc is not None and agent.proc.poll() is not None:
+                tail = (agent.root / "agent.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"agent {agent.node} exited:\n{tail}")
+
     def wait(self, timeout_s: float, on_tick: Callable[[], None] | None = None) -> None:
         """Wait until :meth:`done`, checking that no process died."""
 
         def check() -> None:
-            self._check_server()
-            for agent in self.agents:
-                if agent.proc is not None and agent.proc.poll() is not None:
-                    tail = (agent.root / "agent.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"agent {agent.node} exited:\n{tail}")
+            self.wait_alive()
             if on_tick is not None:
                 on_tick()
 

@@ -242,7 +242,8 @@ class FederationServer:
         files = self.run_paths.checkpoint_files()
         if not files:
             return
-        finished = bool(self.run_status and self.run_status.finished)
+        # Only a run that completed releases its last checkpoint (a cut-off run is resumed).
+        finished = bool(self.run_status and self.run_status.ok)
         for path in files:
             number = int(path.stem.split("-")[1])
             last = path == files[-1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,3 +121,36 @@ def test_agents_found_the_server_over_mdns(fleet: Demo) -> None:
         assert "superlink =" not in config
         assert "repository_url" not in config
         assert '"msg": "server_found' in (agent.root / "agent.log").read_text()
+
+
+def test_a_superlink_killed_mid_run_is_restarted_and_the_run_resumes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """kill -9 the SuperLink after round 2 of 4: it comes back (with its database), the
+    agents reconnect, the server resubmits the run, which resumes from its checkpoint."""
+    import psutil  # noqa: PLC0415
+
+    with Demo(tmp_path_factory.mktemp("restart"), rounds=4) as demo:
+        demo.prepare()
+        demo.start()
+        paths = demo.server_dir / "run" / "checkpoints"
+        deadline = time.monotonic() + 300
+        while not (paths / "round-0002.npz").exists():
+            assert time.monotonic() < deadline, "no checkpoint of round 2"
+            demo.wait_alive()
+            time.sleep(0.5)
+        assert demo.server is not None
+        (link,) = [
+            p
+            for p in psutil.Process(demo.server.pid).children(recursive=True)
+            if any("flower-superlink" in part for part in p.cmdline())
+        ]
+        link.kill()
+        demo.wait(600)
+        rounds = (demo.status() or {})["run"]["rounds"]
+        runs = [r["run_id"] for r in rounds]
+    assert [r["round"] for r in rounds][-2:] == [3, 4]
+    assert len(set(runs)) == 2, "round 3 and 4 should come from the resubmitted run"
+    assert runs[0] != runs[-1]
+    log = (demo.root / "server.log").read_text()
+    assert "resubmitting" in log
