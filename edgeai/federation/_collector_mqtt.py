@@ -14,19 +14,21 @@ broker forgets it; an exception escaping ``on_message`` would stop paho's networ
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edgeai.telemetry.mqtt import MqttOptions, TransportError
+from edgeai.telemetry.mqtt import (
+    MqttOptions,
+    TransportError,
+    configure_client,
+    connect_persistent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +66,7 @@ class PahoSubscriber:
         client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=options.client_id, protocol=paho.MQTTv5
         )
-        client.reconnect_delay_set(options.reconnect_min_s, options.reconnect_max_s)
-        if options.username is not None:
-            client.username_pw_set(options.username, options.password)
-        if options.tls:
-            try:
-                client.tls_set(
-                    ca_certs=options.ca_file, certfile=options.certfile, keyfile=options.keyfile
-                )
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise TransportError(
-                    f"cannot set up TLS for mqtts://{options.host}:{options.port}: {exc}; check "
-                    "ca_file, certfile and keyfile"
-                ) from exc
+        configure_client(client, options)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_subscribe = self._handle_subscribe
@@ -86,16 +76,7 @@ class PahoSubscriber:
     def start(self, filters: Sequence[str], on_message: MessageCallback) -> None:
         """Start paho's network thread; it connects, subscribes and reconnects on its own."""
         self._filters, self._on_message = tuple(filters), on_message
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves __init__ unannotated
-        props.SessionExpiryInterval = self.options.session_expiry_s
-        opts = self.options
-        try:
-            self._client.connect_async(
-                opts.host, opts.port, opts.keepalive_s, clean_start=False, properties=props
-            )
-        except (OSError, ValueError) as exc:
-            raise TransportError(f"cannot connect to {opts.host}:{opts.port}: {exc}") from exc
-        self._client.loop_start()
+        connect_persistent(self._client, self.options)
 
     def wait_subscribed(self, timeout_s: float) -> bool:
         """Wait for the SUBACK of the latest connection."""

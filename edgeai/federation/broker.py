@@ -46,6 +46,7 @@ from edgeai.federation._broker_files import (
     users,
 )
 from edgeai.federation._tls import issue, load_ca, make_ca
+from edgeai.telemetry.settings import check_broker_url
 from edgeai.telemetry.topics import check_name
 
 __all__ = [
@@ -61,7 +62,6 @@ __all__ = [
     "write_mosquitto_conf",
 ]
 
-_SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
 _RUNNING = re.compile(rb"mosquitto version \S+ running")  # NOTICE, after binding
 _RELOADED = b"Reloading config."  # the INFO line src/mosquitto.c logs on SIGHUP
 _SERVER_SECRET_FILE = "server.secret"  # noqa: S105 - a file name, not a secret
@@ -104,16 +104,7 @@ class BrokerConfig(Frozen):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = urlsplit(value)
-        if parts.scheme not in _SCHEMES or not parts.hostname:
-            raise ValueError("use mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
-            raise ValueError(f"bad port in {value!r}") from exc
-        return value
+        return value if value is None else check_broker_url(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> BrokerConfig:

@@ -25,19 +25,18 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
-from edgeai.configfile import Frozen
 from edgeai.federation import _collector_state as fsm
 from edgeai.federation._collector_metrics import CollectorCounters, MetricsServer, NodeGauges
 from edgeai.federation._collector_mqtt import PahoSubscriber, Subscriber
 from edgeai.federation._collector_store import Store, StoreError
 from edgeai.federation.fleet import FleetEvent, NodeState
 from edgeai.telemetry.mqtt import MqttOptions
-from edgeai.telemetry.topics import PREFIX, TelemetryError, check_name, decode, parse_topic
+from edgeai.telemetry.settings import BrokerLogin
+from edgeai.telemetry.topics import PREFIX, TelemetryError, decode, parse_topic
 
 __all__ = [
     "Collector",
@@ -48,63 +47,22 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
 _DAY_S = 86_400.0
 
 STORED, DUPLICATE, INVALID, IGNORED, ERROR = "stored", "duplicate", "invalid", "ignored", "error"
 """What :meth:`Collector.handle` did with a message."""
 
 
-class CollectorConfig(Frozen):
+class CollectorConfig(BrokerLogin):
     """The ``[collector]`` settings of the federation server."""
 
-    broker_url: str = "mqtt://127.0.0.1:1883"
-    fleet: str = "default"
     client_id: str | None = None  # stable per collector (the session lives under it)
-    username: str | None = None
-    password: str | None = None
-    ca_file: Path | None = None
-    certfile: Path | None = None
-    keyfile: Path | None = None
     db_path: Path = Path("fleet.sqlite")
     # Nodes without a definite retained status ("online", or the "offline" will) count as
     # offline once their last message is older than this; agents send metrics every 60 s.
     offline_after_s: float = Field(180.0, gt=0)
     history_days: float = Field(30.0, gt=0)
     max_history_rows: int = Field(1_000_000, ge=1)
-    keepalive_s: int = Field(30, ge=1, le=65535)
-    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, le=0xFFFFFFFF)
-    reconnect_min_s: int = Field(1, ge=1)
-    reconnect_max_s: int = Field(30, ge=1)
-
-    @field_validator("fleet")
-    @classmethod
-    def _fleet_is_a_topic_level(cls, value: str) -> str:
-        return check_name(value, "fleet")
-
-    @field_validator("broker_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in _SCHEMES or not parts.hostname:
-            raise ValueError("use mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
-            raise ValueError(f"bad port in {value!r}") from exc
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> CollectorConfig:
-        if (self.ca_file or self.certfile or self.keyfile) and not self.broker_url.startswith(
-            "mqtts://"
-        ):
-            raise ValueError("ca_file/certfile/keyfile are set but broker_url is not mqtts://")
-        if self.keyfile and not self.certfile:
-            raise ValueError("keyfile without certfile: set certfile too")
-        if self.password is not None and self.username is None:
-            raise ValueError("password without username: set username too")
-        return self
 
     @property
     def filters(self) -> tuple[str, str]:
@@ -114,23 +72,7 @@ class CollectorConfig(Frozen):
 
     def mqtt_options(self) -> MqttOptions:
         """The paho settings (the client id defaults to ``edgeai-collector-<fleet>``)."""
-        parts = urlsplit(self.broker_url)
-        tls, default_port = _SCHEMES[parts.scheme]
-        return MqttOptions(
-            host=parts.hostname or "",
-            port=parts.port or default_port,
-            client_id=self.client_id or f"edgeai-collector-{self.fleet}",
-            tls=tls,
-            username=self.username,
-            password=self.password,
-            ca_file=str(self.ca_file) if self.ca_file else None,
-            certfile=str(self.certfile) if self.certfile else None,
-            keyfile=str(self.keyfile) if self.keyfile else None,
-            keepalive_s=self.keepalive_s,
-            session_expiry_s=self.session_expiry_s,
-            reconnect_min_s=self.reconnect_min_s,
-            reconnect_max_s=max(self.reconnect_min_s, self.reconnect_max_s),
-        )
+        return self.options(self.client_id or f"edgeai-collector-{self.fleet}")
 
 
 class FleetReader:

@@ -17,17 +17,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
-from edgeai.configfile import Frozen
 from edgeai.telemetry.mqtt import MqttOptions, PahoTransport, Transport, TransportError, Will
 from edgeai.telemetry.outbox import Outbox, OutboxError
-from edgeai.telemetry.topics import WILL_SEQ, Envelope, NodeTopics, check_name, encode_envelope
+from edgeai.telemetry.settings import BrokerLogin
+from edgeai.telemetry.topics import WILL_SEQ, Envelope, NodeTopics, encode_envelope
 
 log = logging.getLogger(__name__)
-_SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
 # PUBACKs are applied (rows deleted) in batches of this size, or after _ACK_DELAY_S: a
 # transaction per PUBACK would cost more than the publish.  Deleting late is safe; at worst
 # a crash re-sends a few delivered rows, which subscribers drop as duplicates.
@@ -36,16 +34,9 @@ _ACK_DELAY_S = 0.005
 _EVENT_TOPICS_CACHED = 256  # event types whose checked topic is kept (a few in practice)
 
 
-class TelemetryConfig(Frozen):
+class TelemetryConfig(BrokerLogin):
     """The ``[telemetry]`` settings of an agent."""
 
-    broker_url: str = "mqtt://127.0.0.1:1883"
-    fleet: str = "default"
-    username: str | None = None
-    password: str | None = None
-    ca_file: Path | None = None
-    certfile: Path | None = None
-    keyfile: Path | None = None
     outbox_path: Path = Path("telemetry-outbox.sqlite")
     outbox_max_messages: int = Field(100_000, ge=1)
     # NORMAL survives process crashes, FULL also power loss (an fsync per message).
@@ -53,62 +44,13 @@ class TelemetryConfig(Frozen):
     # The newest rows are also kept in RAM so the pump need not read back what was just
     # written (~1 MB for 4096 small messages); older rows are read from the file.
     outbox_memory_rows: int = Field(4096, ge=0)
-    keepalive_s: int = Field(30, ge=1, le=65535)
-    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, le=0xFFFFFFFF)
     metrics_interval_s: float = Field(60.0, ge=0)  # own outbox stats as metrics; 0 = off
     max_inflight: int = Field(20, ge=1, le=65535)  # QoS 1 messages on the wire
     transport_window: int = Field(500, ge=1, le=30_000)  # handed to paho, not yet acked
-    reconnect_min_s: int = Field(1, ge=1)
-    reconnect_max_s: int = Field(30, ge=1)
-
-    @field_validator("fleet")
-    @classmethod
-    def _fleet_is_a_topic_level(cls, value: str) -> str:
-        return check_name(value, "fleet")
-
-    @field_validator("broker_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in _SCHEMES or not parts.hostname:
-            raise ValueError("use mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
-            raise ValueError(f"bad port in {value!r}") from exc
-        return value
-
-    @model_validator(mode="after")
-    def _tls_files_need_mqtts(self) -> TelemetryConfig:
-        tls_files = self.ca_file or self.certfile or self.keyfile
-        if tls_files and not self.broker_url.startswith("mqtts://"):
-            raise ValueError("ca_file/certfile/keyfile are set but broker_url is not mqtts://")
-        if self.keyfile and not self.certfile:
-            raise ValueError("keyfile without certfile: set certfile too")
-        if self.password is not None and self.username is None:
-            raise ValueError("password without username: set username too")
-        return self
 
     def mqtt_options(self, client_id: str) -> MqttOptions:
         """The paho transport settings for one client id."""
-        parts = urlsplit(self.broker_url)
-        tls, default_port = _SCHEMES[parts.scheme]
-        return MqttOptions(
-            host=parts.hostname or "",
-            port=parts.port or default_port,
-            client_id=client_id,
-            tls=tls,
-            username=self.username,
-            password=self.password,
-            ca_file=str(self.ca_file) if self.ca_file else None,
-            certfile=str(self.certfile) if self.certfile else None,
-            keyfile=str(self.keyfile) if self.keyfile else None,
-            keepalive_s=self.keepalive_s,
-            session_expiry_s=self.session_expiry_s,
-            max_inflight=self.max_inflight,
-            reconnect_min_s=self.reconnect_min_s,
-            reconnect_max_s=max(self.reconnect_min_s, self.reconnect_max_s),
-        )
+        return self.options(client_id, self.max_inflight)
 
 
 class Telemetry:

@@ -95,6 +95,47 @@ class MqttOptions:
     reconnect_max_s: int = 30
 
 
+def configure_client(client: paho.Client, options: MqttOptions) -> None:
+    """Reconnect backoff, login and TLS of a paho client, from ``options``.
+
+    Raises
+    ------
+    TransportError
+        The TLS files cannot be read or do not fit together.
+    """
+    # paho waits min, then doubles up to max between attempts (Client._reconnect_wait).
+    client.reconnect_delay_set(options.reconnect_min_s, options.reconnect_max_s)
+    if options.username is not None:
+        client.username_pw_set(options.username, options.password)
+    if options.tls:
+        try:
+            client.tls_set(
+                ca_certs=options.ca_file, certfile=options.certfile, keyfile=options.keyfile
+            )
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise TransportError(
+                f"cannot set up TLS for mqtts://{options.host}:{options.port}: {exc}; check "
+                "ca_file, certfile and keyfile"
+            ) from exc
+
+
+def connect_persistent(client: paho.Client, options: MqttOptions) -> None:
+    """Connect in the background with an MQTT 5 persistent session; start paho's thread.
+
+    ``clean_start=False`` plus a Session Expiry Interval: the broker keeps the session (and
+    a subscriber's queued messages) while the client is away.
+    """
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves __init__ unannotated
+    props.SessionExpiryInterval = options.session_expiry_s
+    try:
+        client.connect_async(
+            options.host, options.port, options.keepalive_s, clean_start=False, properties=props
+        )
+    except (OSError, ValueError) as exc:
+        raise TransportError(f"cannot connect to {options.host}:{options.port}: {exc}") from exc
+    client.loop_start()
+
+
 class PahoTransport:
     """MQTT 5 over paho-mqtt 2.x: persistent session, QoS 1, reconnect with backoff.
 
@@ -115,20 +156,7 @@ class PahoTransport:
         )
         client.max_inflight_messages_set(options.max_inflight)
         client.max_queued_messages_set(0)  # bounded by the caller's window, not by dropping
-        # paho waits min, then doubles up to max between attempts (Client._reconnect_wait).
-        client.reconnect_delay_set(options.reconnect_min_s, options.reconnect_max_s)
-        if options.username is not None:
-            client.username_pw_set(options.username, options.password)
-        if options.tls:
-            try:
-                client.tls_set(
-                    ca_certs=options.ca_file, certfile=options.certfile, keyfile=options.keyfile
-                )
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise TransportError(
-                    f"cannot set up TLS for mqtts://{options.host}:{options.port}: {exc}; check "
-                    "ca_file, certfile and keyfile"
-                ) from exc
+        configure_client(client, options)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_publish = self._handle_publish
@@ -143,15 +171,7 @@ class PahoTransport:
         opts = self.options
         if will is not None:
             self._client.will_set(will.topic, will.payload, will.qos, will.retain)
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves __init__ unannotated
-        props.SessionExpiryInterval = opts.session_expiry_s
-        try:
-            self._client.connect_async(
-                opts.host, opts.port, opts.keepalive_s, clean_start=False, properties=props
-            )
-        except (OSError, ValueError) as exc:
-            raise TransportError(f"cannot connect to {opts.host}:{opts.port}: {exc}") from exc
-        self._client.loop_start()
+        connect_persistent(self._client, opts)
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int:
         """Queue one message in paho (sent now, or on the next connect)."""
