@@ -41,25 +41,20 @@ def _fail(message: str, exc: Exception | None = None) -> NoReturn:
 
 def _resolve(db: Path | None, config: Path | None) -> tuple[Path, float]:
     """The database path and offline timeout from ``--db`` or the server's ``[collector]``."""
-    from edgeai.configfile import parse, read_mapping  # noqa: PLC0415
     from edgeai.errors import ConfigError  # noqa: PLC0415
     from edgeai.federation.collector import CollectorConfig  # noqa: PLC0415
+    from edgeai.federation.config import load_server_config  # noqa: PLC0415
 
     if db is not None and config is None:
         return db, CollectorConfig().offline_after_s
     if config is None or db is not None:
         _fail("give exactly one of --db PATH (the collector's SQLite file) or --config FILE")
     try:
-        data = read_mapping(config)
-        table = data.get("collector")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{config}: no [collector] table (it holds db_path)")
-        settings = parse(CollectorConfig, table, f"{config} [collector]")
+        # The server's own reading of its file: db_path lands where the server writes it.
+        collector = load_server_config(config).collector
     except ConfigError as exc:
         _fail(str(exc), exc)
-    path = settings.db_path
-    # A relative db_path means relative to the config file, wherever the command runs.
-    return (path if path.is_absolute() else config.parent / path), settings.offline_after_s
+    return collector.db_path, collector.offline_after_s
 
 
 def ago(seconds: float | None) -> str:

@@ -67,11 +67,17 @@ def test_table_shows_one_row_per_node(db: Path) -> None:
     assert "2 h ago" in row_b
 
 
+SERVER = (
+    '[superlink]\ninsecure = true\nnode_auth = false\ndatabase = "link.db"\n'
+    '[broker]\nmanage = true\ntls = false\n[releases]\nstate_dir = "r"\ncalibration = "c.npz"\n'
+)
+
+
 def test_config_form_reads_the_collector_table(db: Path, tmp_path: Path) -> None:
     config = tmp_path / "federation.toml"
     config.write_text(
-        '[collector]\nbroker_url = "mqtt://127.0.0.1:1883"\nfleet = "cli"\n'
-        'db_path = "state/fleet.sqlite"\n',  # relative to the config file
+        f'fleet = "cli"\nstate_dir = "state"\n{SERVER}[collector]\n'
+        'db_path = "fleet.sqlite"\n',  # relative to state_dir, as the server writes it
         encoding="utf-8",
     )
     result = runner.invoke(app, ["status", "--config", str(config), "--json"])
@@ -82,8 +88,8 @@ def test_config_form_reads_the_collector_table(db: Path, tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("[server]\nx = 1\n", "no [collector] table"),
-        ('[collector]\ndb_pth = "x"\n', "did you mean 'db_path'"),
+        ("[server]\nx = 1\n", "unknown field"),
+        (SERVER + '[collector]\ndb_pth = "x"\n', "did you mean 'db_path'"),
         ("[collector\n", "not valid TOML"),
     ],
 )
