@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeai.artifacts import ArtifactRepository, serve
+from edgeai.artifacts import ArtifactRepository, ModelStore, serve
 from tests.bundles import bundle_variant
+from tests.http import throttled
 from tests.mosquitto import Mosquitto, free_port
 
 pytestmark = pytest.mark.integration
@@ -443,3 +444,58 @@ def test_inference_only_agent_never_imports_torch(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_agent_killed_mid_download_restarts_on_the_old_model_then_applies_the_new(
+    tmp_path: Path, releases: dict[str, Path]
+) -> None:
+    repo = ArtifactRepository.create(tmp_path / "repo")
+    repo.add_release(PROFILE, releases["r1"], 1)
+    http = free_port()
+    x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    with throttled(repo.path, chunk=1024, delay_s=0.05) as server:
+        config = write_config(
+            tmp_path / "agent",
+            f"""
+node = "k1"
+profile = "{PROFILE}"
+state_dir = "state"
+bundle = "{releases["factory"]}"
+discovery = false
+[federation]
+enabled = false
+[updates]
+repository_url = "{server.url}"
+trusted_root = "{repo.root_path}"
+interval_s = 0.3
+[serving]
+grpc_port = 0
+http_port = {http}
+""",
+        )
+        scratch = config.parent / "state" / "models" / "scratch"
+        agent = start_agent(config)
+        try:
+            # SIGKILL while the release's files are arriving in the scratch directory.
+            wait_for(lambda: any(p.is_file() for p in scratch.rglob("*")), 60, "a download")
+            agent.kill()
+            agent.wait(10)
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+        store = ModelStore(config.parent / "state" / "models")
+        active = store.active()
+        assert active is not None
+        assert (active.release, active.version) == (0, "factory")  # the old model, intact
+        agent = start_agent(config)
+        try:
+            wait_for(lambda: rest(http, "/v2/health/ready")[0] == 200, 60, "serving again")
+            assert infer(http, x)[1]["model_version"] in ("factory", "r1")  # never a mix
+            wait_for(lambda: infer(http, x)[1].get("model_version") == "r1", 60, "release 1")
+        finally:
+            assert stop_agent(agent) == 0
+    store = ModelStore(config.parent / "state" / "models")
+    active = store.recover()  # verifies every file of the active slot against its sha256
+    assert active is not None
+    assert (active.release, active.version) == (1, "r1")
+    assert not any(p.is_file() for p in scratch.rglob("*"))  # the half download is gone

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from edgeai.artifacts._bundle import bundle_mismatches, sha256_file
 from edgeai.artifacts._tuf import CryptoSigner, Metadata
 from edgeai.profiles import DeviceProfile, load_profile
 from tests.bundles import bundle_variant
+from tests.http import throttled
 
 pytestmark = pytest.mark.integration
 
@@ -233,32 +233,8 @@ def test_size_limit(tmp_path, repo, server, profile):
     assert not any("/targets/" in p for p in server.requests)
 
 
-def trickle(root: Path) -> ServeHandle:
-    """Serve ``root`` but send target files 2 KiB at a time, 20 ms apart (a slow link)."""
-
-    class Slow(SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, *_args: Any) -> None:
-            pass
-
-        def copyfile(self, source: Any, outputfile: Any) -> None:
-            if "/targets/" not in self.path:
-                super().copyfile(source, outputfile)
-                return
-            while chunk := source.read(2048):
-                outputfile.write(chunk)
-                outputfile.flush()
-                time.sleep(0.02)  # the throttle under test, not a readiness wait
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    server.daemon_threads = True
-    return ServeHandle(server, [])
-
-
 def test_download_past_the_deadline(tmp_path, repo, profile, bundles):
-    with trickle(repo.path) as slow:
+    with throttled(repo.path) as slow:
         updater = device(tmp_path, repo, slow.url, download_deadline_s=0.3)
         store, events = ModelStore(tmp_path / "st"), Events()
         started = time.monotonic()
