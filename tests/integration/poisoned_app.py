@@ -1,4 +1,8 @@
-"""A ClientApp whose first virtual clients send poisoned replies (importable for Ray)."""
+"""A ClientApp whose first virtual clients send poisoned replies (importable for Ray).
+
+The kind of poison comes from the node config: ``poison`` (comma-separated kinds, one per
+round in turn — a deployed node) or else ``partition-id`` (a simulated client).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,18 @@ app = ClientApp()
 POISONED = {0: "nan", 1: "shape", 2: "zero-examples", 3: "inf", 4: "absurd-examples"}
 
 
+def _kind(msg: Message, context: Context) -> str | None:
+    if "poison" in context.node_config:
+        kinds = str(context.node_config["poison"]).split(",")
+        server_round = int(str(msg.content.config_records["config"].get("server-round", 1)))
+        return kinds[(server_round - 1) % len(kinds)]
+    return POISONED.get(int(str(context.node_config["partition-id"])))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     reply = honest.train(msg, context)
-    kind = POISONED.get(int(context.node_config["partition-id"]))
+    kind = _kind(msg, context)
     if kind is None:
         return reply
     state = reply.content.array_records["arrays"].to_torch_state_dict()

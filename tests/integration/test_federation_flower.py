@@ -40,19 +40,19 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 
 @pytest.mark.slow
 def test_three_rounds_with_dp_and_poisoned_nodes(fleet: Fleet, tmp_path: Path) -> None:
-    """3 honest nodes + 2 poisoned ones (NaN weights, absurd num-examples), 3 DP rounds.
+    """3 honest nodes + 2 poisoned ones, 3 DP rounds; every kind of poison is sent once.
 
     The poisoned nodes run the same honest training and then corrupt the reply
     (``tests/integration/poisoned_app.py``, the ClientApp simulation tests use). Every
-    node runs that ClientApp; only the node config's ``partition-id`` decides which
-    corruption, if any (10-12: none).
+    node runs that ClientApp; the node config's ``poison`` decides the corruption of each
+    round (NaN, Inf, wrong shape; absurd, zero and absurd num-examples), if any.
     """
     shards = make_shards(tmp_path / "data", 5)
     honest = [f"n{i}" for i in range(3)]
     for i, name in enumerate(honest):
         fleet.add_node(name, shards[i], extra={"partition-id": str(10 + i)})
-    fleet.add_node("nan", shards[3], extra={"partition-id": "0"})  # NaN weights
-    fleet.add_node("absurd", shards[4], extra={"partition-id": "4"})  # 10**9 num-examples
+    fleet.add_node("weights", shards[3], extra={"poison": "nan,inf,shape"})
+    fleet.add_node("examples", shards[4], extra={"poison": "absurd-examples,zero-examples"})
     spec = RunSpec(
         experiment=experiment(rounds=3, nodes=5),
         out_dir=tmp_path / "run",
@@ -66,7 +66,12 @@ def test_three_rounds_with_dp_and_poisoned_nodes(fleet: Fleet, tmp_path: Path) -
     assert [r["round"] for r in rounds] == [1, 2, 3]
     for r in rounds:
         assert (r["sampled"], r["accepted"], r["rejected"]) == (5, 3, 2), r
-        assert any("non-finite" in p or "nan" in p.lower() for p in r["problems"]), r["problems"]
+    problems = [" ".join(r["problems"]) for r in rounds]
+    # Round by round: NaN, Inf, wrong shape; 10**9, 0, 10**9 examples.
+    for seen, weights in zip(problems, ["NaN or Inf", "NaN or Inf", "shape"], strict=True):
+        assert weights in seen, problems
+        assert "outside [1," in seen, problems
+
     assert rounds[-1]["accuracy"] > 0.3, rounds[-1]  # random: 0.1; a NaN model: 0.1 or NaN
     paths = RunPaths(spec.out_dir)
     assert [p.name for p in paths.checkpoint_files()] == [
