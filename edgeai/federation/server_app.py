@@ -215,24 +215,15 @@ def run_federation(grid: Grid, spec: RunSpec, run_id: int) -> str:  # noqa: PLR0
         stats = strategy.stats.get(rnd, RoundStats())
         if stats.epsilon is not None:
             worst_eps = max(stats.epsilon, worst_eps or 0.0)
-        record = RoundRecord(
-            round=rnd,
-            accuracy=accuracy,
-            loss=loss,
-            epsilon=worst_eps,
-            client_epsilon=stats.client_epsilon,
-            bytes_up=stats.bytes_up,
-            bytes_down=stats.bytes_down,
-            seconds=time.perf_counter() - started,
-            train_loss=stats.train_loss,
-            sampled=stats.sampled,
-            accepted=stats.accepted,
-            rejected=stats.rejected,
-            failed=stats.failed,
-            refused=stats.refused,
-            delta=plan.privacy.delta if plan.privacy.enabled else None,
-            client_delta=exp.central_privacy.delta if exp.central_privacy.enabled else None,
-            problems=tuple(stats.reasons[:5]),
+        record = RoundRecord.of(
+            rnd,
+            accuracy,
+            loss,
+            worst_eps,
+            stats,
+            time.perf_counter() - started,
+            plan.privacy.delta if plan.privacy.enabled else None,
+            exp.central_privacy.delta if exp.central_privacy.enabled else None,
         )
         _save_round(paths, spec, plan, arrays, record=record, run_id=run_id)
         extra = {"run_id": run_id, "missing": missing, "wait_s": replied - started}

@@ -63,6 +63,39 @@ class RoundRecord:
     client_delta: float | None = None  # δ of the client-level ε
     problems: tuple[str, ...] = ()  # why replies failed, were rejected or refused (first few)
 
+    @classmethod
+    def of(  # noqa: PLR0917  (the round's numbers, in the order of the record)
+        cls,
+        server_round: int,
+        accuracy: float,
+        loss: float,
+        epsilon: float | None,
+        stats: RoundStats,
+        seconds: float,
+        delta: float | None,
+        client_delta: float | None,
+    ) -> RoundRecord:
+        """The record of a round from its evaluation and the strategy's statistics."""
+        return cls(
+            round=server_round,
+            accuracy=accuracy,
+            loss=loss,
+            epsilon=epsilon,
+            client_epsilon=stats.client_epsilon,
+            bytes_up=stats.bytes_up,
+            bytes_down=stats.bytes_down,
+            seconds=seconds,
+            train_loss=stats.train_loss,
+            sampled=stats.sampled,
+            accepted=stats.accepted,
+            rejected=stats.rejected,
+            failed=stats.failed,
+            refused=stats.refused,
+            delta=delta,
+            client_delta=client_delta,
+            problems=tuple(stats.reasons[:5]),
+        )
+
 
 @dataclass(frozen=True)
 class FinalState:
@@ -138,24 +171,15 @@ def make_server_app(
                     worst_eps = max(stats.epsilon, worst_eps or 0.0)
                 now = time.perf_counter()
                 on_round(
-                    RoundRecord(
-                        round=server_round,
-                        accuracy=accuracy,
-                        loss=loss,
-                        epsilon=worst_eps,
-                        client_epsilon=stats.client_epsilon,
-                        bytes_up=stats.bytes_up,
-                        bytes_down=stats.bytes_down,
-                        seconds=now - started,
-                        train_loss=stats.train_loss,
-                        sampled=stats.sampled,
-                        accepted=stats.accepted,
-                        rejected=stats.rejected,
-                        failed=stats.failed,
-                        refused=stats.refused,
-                        delta=cp.privacy.delta if cp.privacy.enabled else None,
-                        client_delta=plan.central.delta if plan.central.enabled else None,
-                        problems=tuple(stats.reasons[:5]),
+                    RoundRecord.of(
+                        server_round,
+                        accuracy,
+                        loss,
+                        worst_eps,
+                        stats,
+                        now - started,
+                        cp.privacy.delta if cp.privacy.enabled else None,
+                        plan.central.delta if plan.central.enabled else None,
                     )
                 )
                 started = now
