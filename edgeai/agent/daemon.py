@@ -11,28 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from edgeai import __version__
 from edgeai.agent.config import AgentConfig
 from edgeai.agent.events import Reporter
-from edgeai.agent.federation import (
-    LedgerWatch,
-    ledger_path,
-    node_config,
-    superexec_argv,
-    supernode_argv,
-    warm,
-    write_node_config,
-)
-from edgeai.agent.supervisor import Backoff, ProcessSupervisor
+from edgeai.agent.federation import LedgerWatch, ledger_path, start_federation
+from edgeai.agent.metrics import AgentGauges, sample
+from edgeai.agent.supervisor import ProcessSupervisor
 from edgeai.artifacts import (
     BundleUpdater,
     ModelStore,
@@ -92,22 +83,7 @@ class Agent:
         self._budget_reported = False
         self._server_info: ServerInfo | None = None
         self._reported: set[tuple[str, object, object]] = set()
-        self._gauges = {
-            "release": Gauge("edgeai_agent_release", "Active release", registry=self.registry),
-            "epsilon": Gauge("edgeai_agent_epsilon", "DP ε spent here", registry=self.registry),
-            "rounds": Gauge("edgeai_agent_rounds_joined", "Rounds", registry=self.registry),
-            "restarts": Gauge(
-                "edgeai_agent_supernode_starts", "SuperNode starts", registry=self.registry
-            ),
-            "queued": Gauge(
-                "edgeai_agent_outbox_queued", "Telemetry queued", registry=self.registry
-            ),
-            "dropped": Gauge(
-                "edgeai_agent_outbox_dropped",
-                "Telemetry dropped (outbox full)",
-                registry=self.registry,
-            ),
-        }
+        self.gauges = AgentGauges(self.registry)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -197,7 +173,7 @@ class Agent:
         self.holder.swap(served)
         active = self.store.active()
         self.release = active.release if active is not None else None
-        self._gauges["release"].set(self.release if self.release is not None else -1)
+        self.gauges.set({"release": self.release if self.release is not None else -1})
 
     def _restart_mirror(self) -> None:
         active = self.store.active()
@@ -315,39 +291,9 @@ class Agent:
         superlink = fed.superlink or (self._server_info.superlink if self._server_info else None)
         if superlink is None:
             return
-        node_file = write_node_config(self.state_dir / "node-config.toml", node_config(self.config))
-        # SuperNode starts `flower-superexec` from PATH: make the one beside it findable.
-        bin_dir = str(Path(sys.executable).parent)
-        path = os.pathsep.join([bin_dir, os.environ.get("PATH", os.defpath)])
-        env = {
-            **os.environ,
-            "PATH": path,
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            # SuperExec looks for new tasks every 1 s by default: up to a second per round.
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
-        }
-        backoff = Backoff(initial_s=fed.restart_initial_s, max_s=fed.restart_max_s)
-        logs = self.state_dir / "logs"
-        self.supernode = ProcessSupervisor(
-            "supernode",
-            supernode_argv(fed, superlink, node_file),
-            env=env,
-            backoff=backoff,
-            on_event=self.reporter.event_sink,
-            log_path=logs / "supernode.log",
+        self.supernode, self.superexec = start_federation(
+            self.config, superlink, self.reporter.event_sink
         )
-        self.supernode.start()
-        if warm(fed):  # started second: it retries until the SuperNode's Runtime API is up
-            self.superexec = ProcessSupervisor(
-                "superexec",
-                superexec_argv(fed),
-                env=env,
-                backoff=backoff,
-                on_event=self.reporter.event_sink,
-                log_path=logs / "superexec.log",
-            )
-            self.superexec.start()
 
     # -- telemetry ---------------------------------------------------------------------------
 
@@ -396,35 +342,17 @@ class Agent:
             await _sleep_or_stop(stop, self.config.metrics_interval_s)
 
     def metrics(self) -> dict[str, Any]:
-        """One telemetry sample (the body documented in docs/AGENT.md)."""
-        serving = self.server.stats()
-        outbox = self.reporter.stats()
-        values: dict[str, Any] = {
-            "inference_count": serving.get("inference_count"),
-            "request_count": serving.get("request_count"),
-            "p50_ms": serving.get("latency_p50_ms"),
-            "p95_ms": serving.get("latency_p95_ms"),
-            "queue_depth": serving.get("queue_depth"),
-            **self.reporter.process_stats(),
-            "model_version": serving.get("model_version"),
+        """One telemetry sample; the gauges on /metrics follow it."""
+        state = {
             "release": self.release,
             "epsilon": self.epsilon,
             "delta": self.delta,
             "rounds_joined": self.rounds_joined,
-            "supernode_restarts": max(0, self.supernode.starts - 1) if self.supernode else None,
-            "outbox_queued": outbox.get("queued"),
-            "outbox_dropped": outbox.get("dropped"),
+            "supernode_starts": self.supernode.starts if self.supernode else None,
         }
-        for key, name in (
-            ("epsilon", "epsilon"),
-            ("rounds_joined", "rounds"),
-            ("outbox_queued", "queued"),
-            ("outbox_dropped", "dropped"),
-        ):
-            if values[key] is not None:
-                self._gauges[name].set(values[key])
-        if self.supernode is not None:
-            self._gauges["restarts"].set(self.supernode.starts)
+        serving, outbox = self.server.stats(), self.reporter.stats()
+        values = sample(serving, self.reporter.process_stats(), outbox, state)
+        self.gauges.set({**values, "supernode_starts": state["supernode_starts"]})
         return values
 
 

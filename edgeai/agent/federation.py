@@ -9,12 +9,14 @@ budget exhausted.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeai.agent.config import AgentConfig, FederationConfig
+from edgeai.agent.supervisor import Backoff, EventSink, ProcessSupervisor
 from edgeai.cache import write_atomic
 from edgeai.errors import ConfigError
 
@@ -101,6 +103,38 @@ def superexec_argv(fed: FederationConfig) -> list[str]:
         "--poll-s",
         "0.1",
     ]
+
+
+def start_federation(
+    cfg: AgentConfig, superlink: str, on_event: EventSink
+) -> tuple[ProcessSupervisor, ProcessSupervisor | None]:
+    """Start the supervised SuperNode (and the warm SuperExec beside it); return both."""
+    fed = cfg.federation
+    node_file = write_node_config(cfg.state_dir / "node-config.toml", node_config(cfg))
+    # SuperNode starts `flower-superexec` from PATH: make the one beside it findable.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
+    env = {
+        **os.environ,
+        "PATH": path,
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        # SuperExec looks for new tasks every 1 s by default: up to a second per round.
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+    }
+    backoff = Backoff(initial_s=fed.restart_initial_s, max_s=fed.restart_max_s)
+    logs = cfg.state_dir / "logs"
+
+    def supervised(name: str, argv: list[str]) -> ProcessSupervisor:
+        sup = ProcessSupervisor(
+            name, argv, env=env, backoff=backoff, on_event=on_event, log_path=logs / f"{name}.log"
+        )
+        sup.start()
+        return sup
+
+    supernode = supervised("supernode", supernode_argv(fed, superlink, node_file))
+    # Started second: it retries until the SuperNode's Runtime API is up.
+    superexec = supervised("superexec", superexec_argv(fed)) if warm(fed) else None
+    return supernode, superexec
 
 
 @dataclass(frozen=True)
