@@ -89,6 +89,7 @@ class FederationServer:
         self.metrics_url: str | None = None
         self._proposed: set[int] = set()
         self._resubmits = 0
+        self._alerted: int | None = None
         self._stop = threading.Event()
 
     # -- start / stop ---------------------------------------------------------------------
@@ -216,9 +217,19 @@ class FederationServer:
         if st is None or not st.finished or st.ok or st.sub_status == "stopped":
             return
         server_app = read_status(self.run_paths) or {}
-        if server_app.get("state") not in (None, "running", "starting"):
-            return  # the ServerApp itself said why it ended (too few nodes, budget ...)
-        if self._resubmits >= self.MAX_RESUBMITS:
+        if server_app.get("state") not in (None, "running", "starting") or (
+            self._resubmits >= self.MAX_RESUBMITS
+        ):
+            # The ServerApp said why it ended (too few nodes, budgets ...), or it keeps
+            # failing: alert once and leave it to the operator.
+            if self._alerted != st.run_id:
+                self._alerted = st.run_id
+                log.error(
+                    "run %s ended %s: %s",
+                    st.run_id,
+                    st.sub_status,
+                    server_app.get("reason") or st.details or "no details",
+                )
             return
         self._resubmits += 1
         log.warning(
