@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from edgeai.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+F = TypeVar("F", bound="Frozen")
 
 
 class Frozen(BaseModel):
@@ -84,3 +85,19 @@ def parse(model: type[M], data: dict[str, Any], source: str) -> M:
 def load(model: type[M], path: Path) -> M:
     """Read and validate a TOML or YAML file as ``model``."""
     return parse(model, read_mapping(path), str(path))
+
+
+@overload
+def anchored(path: Path, base: Path) -> Path: ...
+@overload
+def anchored(path: None, base: Path) -> None: ...
+@overload
+def anchored(path: Path | None, base: Path) -> Path | None: ...
+def anchored(path: Path | None, base: Path) -> Path | None:
+    """``path`` relative to ``base`` when it is relative; absolute paths and None unchanged."""
+    return path if path is None or path.is_absolute() else base / path
+
+
+def anchor_fields(model: F, fields: tuple[str, ...], base: Path) -> F:
+    """A copy of ``model`` with its path ``fields`` anchored at ``base`` (see :func:`anchored`)."""
+    return model.model_copy(update={k: anchored(getattr(model, k), base) for k in fields})

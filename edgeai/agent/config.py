@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from edgeai.configfile import Frozen, load
+from edgeai.configfile import Frozen, anchor_fields, anchored, load
 from edgeai.discovery.config import DiscoveryConfig
 from edgeai.serving.server import ServingConfig
 from edgeai.telemetry.client import TelemetryConfig
@@ -121,10 +121,6 @@ class AgentConfig(Frozen):
         return self
 
 
-def _anchor(path: Path | None, base: Path) -> Path | None:
-    return None if path is None or path.is_absolute() else base / path
-
-
 def load_agent_config(path: Path) -> AgentConfig:
     """Read ``agent.toml``; relative paths become relative to the file's folder.
 
@@ -135,31 +131,19 @@ def load_agent_config(path: Path) -> AgentConfig:
     """
     cfg = load(AgentConfig, path)
     base = path.resolve().parent
-    state = _anchor(cfg.state_dir, base) or cfg.state_dir
-    fed, upd = cfg.federation, cfg.updates
-    tel = cfg.telemetry
+    state = anchored(cfg.state_dir, base)
     changes: dict[str, object] = {
         "state_dir": state,
-        "data": _anchor(cfg.data, base) or cfg.data,
-        "bundle": _anchor(cfg.bundle, base) or cfg.bundle,
-        "federation": fed.model_copy(
-            update={
-                "root_certificates": _anchor(fed.root_certificates, base) or fed.root_certificates,
-                "auth_private_key": _anchor(fed.auth_private_key, base) or fed.auth_private_key,
-            }
+        "data": anchored(cfg.data, base),
+        "bundle": anchored(cfg.bundle, base),
+        "federation": anchor_fields(
+            cfg.federation, ("root_certificates", "auth_private_key"), base
         ),
-        "updates": upd.model_copy(
-            update={"trusted_root": _anchor(upd.trusted_root, base) or upd.trusted_root}
-        ),
+        "updates": anchor_fields(cfg.updates, ("trusted_root",), base),
     }
-    if tel is not None:
-        changes["telemetry"] = tel.model_copy(
-            update={
-                "outbox_path": _anchor(tel.outbox_path, state) or tel.outbox_path,
-                **{
-                    k: _anchor(getattr(tel, k), base) or getattr(tel, k)
-                    for k in ("ca_file", "certfile", "keyfile")
-                },
-            }
+    if cfg.telemetry is not None:
+        # (outbox_path is relative to state_dir: the agent anchors it there.)
+        changes["telemetry"] = anchor_fields(
+            cfg.telemetry, ("ca_file", "certfile", "keyfile"), base
         )
     return cfg.model_copy(update=changes)

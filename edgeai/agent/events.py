@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 
 from edgeai.agent.config import AgentConfig
+from edgeai.configfile import anchor_fields
 from edgeai.profiles import DeviceProfile
 from edgeai.telemetry.client import Telemetry
 
@@ -30,10 +31,8 @@ class Reporter:
         tel = config.telemetry
         self.telemetry: Telemetry | None = None
         if tel is not None:
-            outbox = (
-                tel.outbox_path if tel.outbox_path.is_absolute() else state_dir / tel.outbox_path
-            )
-            self.telemetry = Telemetry(tel.model_copy(update={"outbox_path": outbox}), config.node)
+            # The outbox is state: a relative outbox_path lives in state_dir.
+            self.telemetry = Telemetry(anchor_fields(tel, ("outbox_path",), state_dir), config.node)
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # the first reading is meaningless; prime it
 

@@ -10,7 +10,7 @@ from zeroconf import Zeroconf
 
 from edgeai.discovery.config import DiscoveryConfig, DiscoveryError
 from edgeai.discovery.engine import Registration, default_addresses, open_zeroconf
-from edgeai.discovery.records import ServerInfo, server_txt
+from edgeai.discovery.records import ServerInfo, replaced, server_txt
 from edgeai.errors import ConfigError
 
 
@@ -76,11 +76,7 @@ class FederationAdvert:
         """
         if self._registration is None or self._info is None:
             raise DiscoveryError("nothing is advertised yet; call advertise() first")
-        try:
-            info = dataclasses.replace(self._info, **fields)
-        except TypeError as exc:
-            raise ConfigError(f"cannot update the server advert: {exc}") from exc
-        info = self._with_addresses(info)
+        info = self._with_addresses(replaced(self._info, fields, "server advert"))
         self._registration.update(server_txt(info), info.superlink_port, info.addresses)
         self._info = info
         return info

@@ -35,8 +35,8 @@ from edgeai.discovery.records import (
     agent_txt,
     parse_agent_txt,
     parse_server_txt,
+    replaced,
 )
-from edgeai.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +169,7 @@ class Discovery:
         """
         if self._registration is None or self._agent is None:
             raise DiscoveryError("the agent is not advertised; call advertise_agent() first")
-        try:
-            info = dataclasses.replace(self._agent, **fields)
-        except TypeError as exc:
-            raise ConfigError(f"cannot update the agent advert: {exc}") from exc
+        info = replaced(self._agent, fields, "agent advert")
         self._registration.update(agent_txt(info), info.ports.first(), info.addresses)
         self._agent = info
         return info

@@ -7,8 +7,10 @@ can send us TXT data, so the parsers return ``None`` for garbage and never raise
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from edgeai.errors import ConfigError
@@ -309,3 +311,14 @@ def parse_agent_txt(data: bytes, *, addresses: tuple[str, ...] = ()) -> AgentInf
         )
     except (KeyError, ConfigError):
         return None
+
+
+_R = TypeVar("_R", "ServerInfo", "AgentInfo")
+
+
+def replaced(info: _R, fields: dict[str, Any], what: str) -> _R:
+    """``info`` with ``fields`` changed and re-validated; a bad field is a ConfigError."""
+    try:
+        return dataclasses.replace(info, **fields)
+    except TypeError as exc:
+        raise ConfigError(f"cannot update the {what}: {exc}") from exc

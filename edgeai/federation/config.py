@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from edgeai.configfile import Frozen, parse, read_mapping
+from edgeai.configfile import Frozen, anchor_fields, anchored, parse, read_mapping
 from edgeai.discovery.config import DiscoveryConfig
 from edgeai.federation.broker import BrokerConfig
 from edgeai.federation.collector import CollectorConfig
@@ -69,10 +69,6 @@ class ServerConfig(Frozen):
         return self
 
 
-def _anchor(path: Path | None, base: Path) -> Path | None:
-    return path if path is None or path.is_absolute() else base / path
-
-
 _PATHS = {
     "superlink": (
         "database",
@@ -107,13 +103,12 @@ def load_server_config(path: Path) -> ServerConfig:
     cfg = parse(ServerConfig, data, str(path))
     # Anchor after validation, so that defaults (collector.db_path = "fleet.sqlite") land in
     # state_dir too, never in whatever directory the server was started from.
-    state = _anchor(cfg.state_dir, base) or base
+    state = anchored(cfg.state_dir, base)
     updates: dict[str, object] = {"state_dir": state}
     for section, keys in _PATHS.items():
         part = getattr(cfg, section)
         if part is None:
             continue
         anchor = base if section == "run" else state  # the experiment is the operator's file
-        changed = {k: _anchor(getattr(part, k), anchor) for k in keys}
-        updates[section] = part.model_copy(update=changed)
+        updates[section] = anchor_fields(part, keys, anchor)
     return cfg.model_copy(update=updates)

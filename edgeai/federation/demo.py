@@ -78,6 +78,14 @@ class Demo:
             "FLWR_DISABLE_UPDATE_CHECK": "1",
         }
 
+    @property
+    def discovery_toml(self) -> str:
+        """The ``[discovery]`` table server and agents share: loopback, this demo's types."""
+        return (
+            f'[discovery]\nserver_type = "{self.service_type}"\nagent_type = "{self.agent_type}"\n'
+            'interfaces = ["127.0.0.1"]\nip_version = "v4"\nfleet = "demo"\n'
+        )
+
     # -- files -------------------------------------------------------------------------------
 
     @property
@@ -315,13 +323,7 @@ ack_timeout_s = 300
 [releases.compile_options]
 calibration_samples = 200
 eval_samples = 500
-[discovery]
-server_type = "{demo.service_type}"
-agent_type = "{demo.agent_type}"
-interfaces = ["127.0.0.1"]
-ip_version = "v4"
-fleet = "demo"
-[run]
+{demo.discovery_toml}[run]
 experiment = "experiment.toml"
 min_nodes = {len(demo.profiles)}
 node_wait_s = 300
@@ -349,13 +351,7 @@ interval_s = 2
 [serving]
 grpc_port = {agent.grpc_port}
 http_port = {agent.http_port}
-[discovery]
-server_type = "{demo.service_type}"
-agent_type = "{demo.agent_type}"
-interfaces = ["127.0.0.1"]
-ip_version = "v4"
-fleet = "demo"
-requery_interval_s = 2
+{demo.discovery_toml}requery_interval_s = 2
 {telemetry}""",
         encoding="utf-8",
     )

@@ -50,10 +50,7 @@ from edgeai.errors import EdgeAIError
 log = logging.getLogger(__name__)
 
 Synchronous = Literal["NORMAL", "FULL"]
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS boots (boot_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS messages (
+_MESSAGES = """CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
@@ -61,7 +58,10 @@ CREATE TABLE IF NOT EXISTS messages (
     retain INTEGER NOT NULL CHECK (retain IN (0, 1)),
     boot_id TEXT NOT NULL,
     seq INTEGER NOT NULL
-);
+)"""
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS boots (boot_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);
 """
 
@@ -75,21 +75,13 @@ _SELECT = (
     "WHERE id > ? ORDER BY id LIMIT ?"
 )
 # Files written before ids came from memory: the same table, rebuilt without AUTOINCREMENT.
-_MIGRATE = """
-CREATE TABLE messages_new (
-    id INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL CHECK (qos IN (0, 1, 2)),
-    retain INTEGER NOT NULL CHECK (retain IN (0, 1)),
-    boot_id TEXT NOT NULL,
-    seq INTEGER NOT NULL
-);
-INSERT INTO messages_new (id, topic, payload, qos, retain, boot_id, seq)
-    SELECT id, topic, payload, qos, retain, boot_id, seq FROM messages;
-DROP TABLE messages;
-ALTER TABLE messages_new RENAME TO messages;
-"""
+_MIGRATE = (
+    _MESSAGES.replace("IF NOT EXISTS messages", "messages_new"),
+    "INSERT INTO messages_new (id, topic, payload, qos, retain, boot_id, seq) "
+    "SELECT id, topic, payload, qos, retain, boot_id, seq FROM messages",
+    "DROP TABLE messages",
+    "ALTER TABLE messages_new RENAME TO messages",
+)
 
 
 class OutboxError(EdgeAIError, OSError):
@@ -159,14 +151,14 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.executescript(_SCHEMA)
+            self._db.execute(_MESSAGES)
             with self._transaction():
                 (table_sql,) = self._db.execute(
                     "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
                 ).fetchone()
                 if "AUTOINCREMENT" in table_sql.upper():
-                    for statement in _MIGRATE.split(";"):
-                        if statement.strip():
-                            self._db.execute(statement)
+                    for statement in _MIGRATE:
+                        self._db.execute(statement)
                 self._db.execute(
                     "INSERT OR IGNORE INTO boots (boot_id, last_seq) VALUES (?, 0)", (boot_id,)
                 )
