@@ -2,10 +2,8 @@
 
 Built with python-tuf's Metadata API (``tuf/api/metadata.py``; the flow follows python-tuf's
 ``examples/manual_repo/basic_repo.py``) and securesystemslib's ``CryptoSigner`` (ed25519).
-Layout under ``path``::
+Layout under ``path`` (everything here is public and served)::
 
-    keys/<role>.pem            private keys, mode 0600; root and targets can be moved
-                               offline (pass ``targets_key=`` to :meth:`open`)
     metadata/<v>.root.json     every root version (clients walk them to rotate keys)
     metadata/<v>.snapshot.json, metadata/<v>.targets.json   (consistent snapshots)
     metadata/timestamp.json    the one unversioned file, replaced atomically last
@@ -14,11 +12,16 @@ Layout under ``path``::
 With ``consistent_snapshot`` on, ngclient asks for ``<v>.<role>.json`` and hash-prefixed
 target names (``tuf/ngclient/updater.py``: ``_load_snapshot``, ``download_target``), so a
 client never mixes files of two publications.
+
+The private keys live in ``keys_dir`` (``<role>.pem``, mode 0600, directory 0700), which
+must not be inside ``path``: a file server bug must never be a key leak. The running
+server signs with the targets, snapshot and timestamp keys only; ``root.pem`` is needed
+again only to rotate keys and belongs offline from the day the repository is created, and
+``targets_key=`` points at a targets key kept elsewhere (removable media, a mounted HSM).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -29,6 +32,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from edgeai.artifacts._bundle import MANIFEST, bundle_mismatches, model_version, read_manifest
 from edgeai.artifacts._http import ServeHandle, serve_directory
+from edgeai.artifacts._keys import default_keys_dir, migrate_legacy_keys, outside, write_key
 from edgeai.artifacts._tuf import (
     CryptoSigner,
     Key,
@@ -62,12 +66,6 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _write_key(path: Path, signer: CryptoSigner) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(signer.private_bytes)
-
-
 class ArtifactRepository:
     """A TUF repository holding one signed bundle per ``(profile, release)``.
 
@@ -79,11 +77,12 @@ class ArtifactRepository:
         self,
         path: Path,
         *,
+        keys_dir: Path | None = None,
         targets_key: Path | None = None,
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self.path = path
-        self.keys_dir = path / "keys"
+        self.keys_dir = outside(path, keys_dir or default_keys_dir(path))
         self.metadata_dir = path / "metadata"
         self.targets_dir = path / "targets"
         self._targets_key = targets_key or self.keys_dir / "targets.pem"
@@ -91,19 +90,32 @@ class ArtifactRepository:
         self._root = self._load_latest(Root.type)
 
     @classmethod
-    def create(cls, path: Path, *, clock: Callable[[], datetime] = _now) -> ArtifactRepository:
+    def create(
+        cls,
+        path: Path,
+        *,
+        keys_dir: Path | None = None,
+        clock: Callable[[], datetime] = _now,
+    ) -> ArtifactRepository:
         """Make keys for root, targets, snapshot and timestamp and sign version 1 of each.
 
         Parameters
         ----------
         path
-            An empty or missing directory.
+            An empty or missing directory: the public, served part.
+        keys_dir
+            An empty or missing directory outside ``path`` for the private keys
+            (default ``<path>.keys``).
         clock
             Gives "now" for expiry dates (tests pass one in the past to get expired metadata).
         """
-        if path.exists() and any(path.iterdir()):
-            raise ArtifactError(f"{path}: already exists and is not empty; choose a new path")
-        keys_dir, metadata_dir = path / "keys", path / "metadata"
+        keys_dir = outside(path, keys_dir or default_keys_dir(path))
+        for directory in (path, keys_dir):
+            if directory.exists() and any(directory.iterdir()):
+                raise ArtifactError(
+                    f"{directory}: already exists and is not empty; choose a new path"
+                )
+        metadata_dir = path / "metadata"
         for directory in (keys_dir, metadata_dir, path / "targets"):
             directory.mkdir(parents=True, exist_ok=True)
         keys_dir.chmod(0o700)
@@ -112,21 +124,29 @@ class ArtifactRepository:
         root = Root(expires=now + EXPIRY[Root.type], consistent_snapshot=True)
         for role, signer in signers.items():
             root.add_key(signer.public_key, role)
-            _write_key(keys_dir / f"{role}.pem", signer)
+            write_key(keys_dir / f"{role}.pem", signer)
         targets = Targets(expires=now + EXPIRY[Targets.type])
         snapshot = Snapshot(expires=now + EXPIRY[Snapshot.type])
         timestamp = Timestamp(expires=now + EXPIRY[Timestamp.type])
         for signed in (root, targets, snapshot):
             cls._write(metadata_dir, signed, signers[signed.type])
         cls._write(metadata_dir, timestamp, signers[Timestamp.type])
-        return cls(path, clock=clock)
+        return cls(path, keys_dir=keys_dir, clock=clock)
 
     @classmethod
-    def open(cls, path: Path, *, targets_key: Path | None = None) -> ArtifactRepository:
-        """Open an existing repository; ``targets_key`` if that key is kept elsewhere."""
+    def open(
+        cls, path: Path, *, keys_dir: Path | None = None, targets_key: Path | None = None
+    ) -> ArtifactRepository:
+        """Open an existing repository; ``targets_key`` if that key is kept elsewhere.
+
+        Keys found inside ``path`` (the layout before they moved out) are moved to
+        ``keys_dir`` first, with a warning to rotate them.
+        """
         if not (path / "metadata" / "1.root.json").is_file():
             raise ArtifactError(f"{path}: not an artifact repository (no metadata/1.root.json)")
-        return cls(path, targets_key=targets_key)
+        keys_dir = outside(path, keys_dir or default_keys_dir(path))
+        migrate_legacy_keys(path, keys_dir)
+        return cls(path, keys_dir=keys_dir, targets_key=targets_key)
 
     @property
     def root_path(self) -> Path:
@@ -361,7 +381,7 @@ def _revocations(targets: Targets) -> list[dict[str, Any]]:
 
 
 def serve(path: Path, host: str = "127.0.0.1", port: int = 0) -> ServeHandle:
-    """Serve a repository's ``metadata/`` and ``targets/`` over HTTP (never ``keys/``).
+    """Serve a repository's ``metadata/`` and ``targets/`` over HTTP, nothing else.
 
     Returns a handle with ``.url`` (the repository URL devices are configured with),
     ``.requests`` (paths asked for) and ``.close()``.

@@ -22,7 +22,11 @@ from edgeai.federation.superlink import SuperLinkConfig
 class ArtifactsConfig(Frozen):
     """``[artifacts]``: the TUF repository and the HTTP server agents pull from."""
 
-    repository: Path = Path("tuf")
+    repository: Path = Path("tuf")  # public: metadata/ and targets/ are served
+    # Private, never under ``repository``. The server signs with the targets, snapshot
+    # and timestamp keys; root.pem belongs offline (docs/SECURITY.md).
+    keys_dir: Path = Path("tuf.keys")
+    targets_key: Path | None = None  # a targets key kept elsewhere (default keys_dir)
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     base_url: str | None = None  # what agents dial (default http://host:port)
@@ -79,7 +83,7 @@ _PATHS = {
         "log_path",
     ),
     "broker": ("data_dir", "ca_file", "certfile", "keyfile", "password_file", "acl_file"),
-    "artifacts": ("repository",),
+    "artifacts": ("repository", "keys_dir", "targets_key"),
     "collector": ("db_path", "ca_file", "certfile", "keyfile"),
     "releases": ("state_dir", "calibration"),
     "run": ("experiment",),

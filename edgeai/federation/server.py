@@ -114,11 +114,13 @@ class FederationServer:
         self.collector.start()
         self.metrics_url = self.collector.serve_metrics(cfg.metrics_host, cfg.metrics_port).url
         self.announcer = Announcer(_announcer_options(collector_cfg), cfg.fleet)
-        repo_dir = cfg.artifacts.repository
+        art = cfg.artifacts
         self.repo = (
-            ArtifactRepository.open(repo_dir)
-            if (repo_dir / "metadata").is_dir()
-            else ArtifactRepository.create(repo_dir)
+            ArtifactRepository.open(
+                art.repository, keys_dir=art.keys_dir, targets_key=art.targets_key
+            )
+            if (art.repository / "metadata").is_dir()
+            else ArtifactRepository.create(art.repository, keys_dir=art.keys_dir)
         )
         self.artifacts = serve(self.repo.path, cfg.artifacts.host, cfg.artifacts.port)
         self.superlink = SuperLinkProcess(cfg.superlink)
