@@ -27,7 +27,8 @@ def run(
     failure, 2 invalid configuration, 3 cannot start (port taken, state directory unusable).
     """
     from edgeai.agent.config import load_agent_config  # noqa: PLC0415
-    from edgeai.agent.daemon import ExitCode, run_agent  # noqa: PLC0415
+    from edgeai.agent.daemon import ExitCode, StateDirError, run_agent  # noqa: PLC0415
+    from edgeai.artifacts import ArtifactError, StoreError  # noqa: PLC0415
     from edgeai.errors import ConfigError, EdgeAIError, UnknownNameError  # noqa: PLC0415
     from edgeai.logs import configure  # noqa: PLC0415
     from edgeai.serving.server import ServingStartError  # noqa: PLC0415
@@ -36,10 +37,10 @@ def run(
     try:
         cfg = load_agent_config(config)
         code = run_agent(cfg, on_ready=_announce)
-    except (ConfigError, UnknownNameError) as exc:
+    except (ConfigError, UnknownNameError, ArtifactError) as exc:  # ArtifactError: a bundle
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(ExitCode.BAD_CONFIG) from None
-    except (ServingStartError, PermissionError) as exc:
+    except (ServingStartError, StateDirError, StoreError, PermissionError) as exc:
         typer.echo(f"error: cannot start: {exc}", err=True)
         raise typer.Exit(ExitCode.CANNOT_START) from None
     except EdgeAIError as exc:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,12 @@ from edgeai.artifacts import (
     apply_latest,
     serve_mirror,
 )
+from edgeai.artifacts.gate import InvalidBundle, verify_bundle
 from edgeai.discovery import AgentInfo, Discovery, Ports, ServerInfo
-from edgeai.errors import EdgeAIError
+from edgeai.errors import ConfigError, EdgeAIError
 from edgeai.profiles import DeviceProfile, load_profile
 from edgeai.serving.model import ModelHolder, load_served
-from edgeai.serving.server import InferenceServer, ServingStartError
+from edgeai.serving.server import InferenceServer
 
 log = logging.getLogger(__name__)
 FACTORY_RELEASE = 0  # the bundle shipped with the device; any signed release replaces it
@@ -49,6 +52,55 @@ class ExitCode:
     FAILED = 1  # an unexpected error; the traceback is in the log
     BAD_CONFIG = 2  # agent.toml, the profile or a file it names is invalid
     CANNOT_START = 3  # a port is taken or the state directory is unusable
+
+
+class StateDirError(EdgeAIError, OSError):
+    """The agent cannot start here: its state directory is unusable (exit code 3)."""
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Create ``state_dir`` if needed and prove it is a writable directory.
+
+    Raises
+    ------
+    StateDirError
+        It is a file, cannot be created, or cannot be written; the message says which.
+    """
+    fix = "point state_dir in agent.toml at a writable directory"
+    if path.exists() and not path.is_dir():
+        raise StateDirError(f"state_dir {path}: exists and is not a directory ({fix})")
+    probe = path / f".edgeai-probe.{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StateDirError(
+            f"state_dir {path}: not writable ({exc.strerror or exc}; {fix})"
+        ) from exc
+
+
+def check_named_files(config: AgentConfig) -> None:
+    """Fail at start, not hours later in a retry loop, when a file agent.toml names is missing.
+
+    Raises
+    ------
+    ConfigError
+        The field, the path and the fix.
+    """
+    fed, upd = config.federation, config.updates
+    named: list[tuple[str, Path | None]] = [
+        ("federation.root_certificates", fed.root_certificates),
+        ("federation.auth_private_key", fed.auth_private_key),
+    ]
+    if upd.enabled:
+        named.append(("updates.trusted_root", upd.trusted_root))
+    if fed.enabled:
+        named.append(("data", config.data))
+    for field, path in named:
+        if path is not None and not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            raise ConfigError(f"agent.toml: {field} = {str(path)!r} {what}: fix the path")
 
 
 class Agent:
@@ -65,11 +117,16 @@ class Agent:
     def __init__(self, config: AgentConfig, registry: CollectorRegistry | None = None) -> None:
         self.config = config
         self.profile: DeviceProfile = load_profile(config.profile)
+        check_named_files(config)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.state_dir = config.state_dir
-        self.store = ModelStore(self.state_dir / "models")
+        prepare_state_dir(self.state_dir)
+        try:
+            self.store = ModelStore(self.state_dir / "models")
+            self.reporter = Reporter(config, self.state_dir)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateDirError(f"state_dir {self.state_dir}: unusable ({exc})") from exc
         self.holder = ModelHolder()
-        self.reporter = Reporter(config, self.state_dir)
         self.server = InferenceServer(self.holder, config.serving, self.registry)
         self.discovery: Discovery | None = None
         self.supernode: ProcessSupervisor | None = None
@@ -92,11 +149,11 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.reporter.start(self.profile)
         self.reporter.event("agent_started", version=__version__, profile=self.profile.name)
-        await asyncio.to_thread(self._load_installed)
         try:
+            await asyncio.to_thread(self._load_installed)
             await self.server.start()
-        except ServingStartError as exc:
-            self.reporter.event("agent_stopping", reason=f"cannot serve: {exc}")
+        except EdgeAIError as exc:  # a bad factory bundle, a broken store, a taken port
+            self.reporter.event("agent_stopping", reason=f"cannot start: {exc}")
             self.reporter.stop(self.config.shutdown_grace_s)
             raise
         self._restart_mirror()
@@ -134,6 +191,10 @@ class Agent:
     def _load_installed(self) -> None:
         active = self.store.recover()
         if active is None and self.config.bundle is not None:
+            try:  # the same verification as `agent serve` and every release's gate
+                verify_bundle(self.config.bundle, self.profile)
+            except InvalidBundle as exc:
+                raise ConfigError(f"agent.toml: bundle {exc}") from exc
             slot = self.store.stage(self.config.bundle, FACTORY_RELEASE)
             active = self.store.commit(slot)
             self.reporter.event(
@@ -142,6 +203,10 @@ class Agent:
                 version=active.version,
                 previous=None,
                 source="factory",
+            )
+        elif self.config.bundle is not None and not self.config.bundle.is_dir():
+            log.warning(
+                "factory bundle %s is gone; serving the installed model", self.config.bundle
             )
         if active is None:
             log.warning("no model installed yet: serving nothing until a release arrives")

@@ -199,7 +199,9 @@ def serve_bundle(
     Parameters
     ----------
     bundle_dir
-        The compiled bundle to serve.
+        The compiled bundle to serve. It is verified first
+        (:func:`edgeai.artifacts.gate.verify_bundle`: manifest, file names, sha256s,
+        profile, golden outputs); a bundle that fails is refused with exit code 2.
     profile
         The device profile (execution providers to try).
     config
@@ -215,11 +217,16 @@ def serve_bundle(
         :class:`ExitCode`: 0 after a clean drain, 1 if an address could not be bound,
         2 for a bad bundle.
     """
+    # -- bundle verification (issue 16): the same checks as the agent's, before any bind --
+    from edgeai.artifacts.gate import verify_bundle  # noqa: PLC0415  (imports onnxruntime)
+
     try:
+        verify_bundle(bundle_dir, profile)
         model = load_served(bundle_dir, profile)
     except EdgeAIError as exc:
-        report(f"error: {exc}")
+        report(f"error: refusing to serve: {exc}")
         return ExitCode.BAD_INPUT
+    # -- end of bundle verification --
     say = echo or (lambda line: print(line, flush=True))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(_serve(model, config, say, report))

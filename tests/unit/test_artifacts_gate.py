@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from collections.abc import Callable
@@ -39,7 +40,9 @@ def bundle(tmp_path: Path) -> Path:
     np.savez(tmp_path / "golden.npz", **{"in.input": np.zeros((2, 3)), "out.logits": REF})
     manifest = {
         "model": {"name": "m", "version": "1"},
-        "files": {"model.onnx": "-"},
+        "profile": "x86-64-avx2",
+        "files": {n: hashlib.sha256((tmp_path / n).read_bytes()).hexdigest()
+                  for n in ("model.onnx", "golden.npz")},
         "inputs": [{"name": "input"}],
         "golden": {"file": "golden.npz", "input_key": "in.input", "output_key": "out.logits",
                    "atol": 1e-3},
@@ -104,7 +107,7 @@ def test_load_failure_is_a_reason_not_an_exception(bundle: Path, profile: Device
 
     result = run_gate(bundle, profile, load=broken)
     assert not result.ok
-    assert result.reasons == ("load: no provider could run the model",)
+    assert result.reasons == ("model.onnx: cannot be loaded (no provider could run the model)",)
 
 
 def test_wrong_output_shape_fails(bundle: Path, profile: DeviceProfile):
