@@ -256,16 +256,34 @@ class MicroBatcher:
             except TimeoutError:
                 return
 
+    def _run_sliced(self, model: ServedModel, feeds: dict[str, Array]) -> list[Array]:
+        """Run a request of more than ``max_batch_size`` rows in slices of that size.
+
+        The runtime's memory grows with the rows of a run and its arena keeps the peak:
+        one 7,000-row request took the server from 110 to 290 MB. Slices bound it by the
+        batch size, for the same result.
+        """
+        rows = len(next(iter(feeds.values())))
+        step = self._max
+        parts = [
+            self._runner(model, {n: a[i : i + step] for n, a in feeds.items()})
+            for i in range(0, rows, step)
+        ]
+        return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
+
     async def _execute(self, model: ServedModel, batch: list[Pending]) -> None:
         feeds = merge(batch)
         cost = self._run_cost.get(model)
         start = time.perf_counter()
+        run = self._runner
+        if len(batch) == 1 and batch[0].rows > self._max:
+            run = self._run_sliced
         try:
-            if cost is not None and cost < self._inline_below:
-                outputs = self._runner(model, feeds)
+            if cost is not None and cost < self._inline_below and run is self._runner:
+                outputs = run(model, feeds)
             else:
                 loop = asyncio.get_running_loop()
-                outputs = await loop.run_in_executor(self._executor, self._runner, model, feeds)
+                outputs = await loop.run_in_executor(self._executor, run, model, feeds)
         except Exception as exc:
             if len(batch) > 1:  # rerun one by one so a single bad request fails alone
                 for p in batch:

@@ -38,6 +38,25 @@ def serve(
             "concurrent clients keep the batches full (µs; 0: off)."
         ),
     ] = 2000,
+    max_request_bytes: Annotated[
+        int, typer.Option(help="Largest request body or gRPC message (bytes; 413 beyond).")
+    ] = 16 * 2**20,
+    max_inflight_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Request bytes held at once by requests in flight; others wait their turn "
+            "(up to --body-timeout-s, then 429). Bounds memory."
+        ),
+    ] = 48 * 2**20,
+    idle_timeout_s: Annotated[
+        float,
+        typer.Option(
+            help="Close connections with no complete request (or gRPC call) for this long."
+        ),
+    ] = 60.0,
+    body_timeout_s: Annotated[
+        float, typer.Option(help="Most time a request may take to send its body (408 beyond).")
+    ] = 30.0,
 ) -> None:
     """Serve one bundle over KServe v2 gRPC and REST until SIGTERM or Ctrl-C.
 
@@ -64,6 +83,10 @@ def serve(
                 "max_batch_size": max_batch_size,
                 "max_queue_delay_us": max_queue_delay_us,
                 "adaptive_delay_us": adaptive_delay_us,
+                "max_request_bytes": max_request_bytes,
+                "max_inflight_bytes": max_inflight_bytes,
+                "idle_timeout_s": idle_timeout_s,
+                "body_timeout_s": body_timeout_s,
             },
             "command line",
         )

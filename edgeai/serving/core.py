@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from edgeai import __version__
 from edgeai.serving.batcher import MicroBatcher
+from edgeai.serving.budget import ByteBudget
 from edgeai.serving.errors import ModelNotReadyError, UnauthenticatedError
 from edgeai.serving.metrics import ServingMetrics
 from edgeai.serving.model import ModelHolder, ServedModel
 from edgeai.serving.protocol import Array, InferRequest, resolve_model
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 SERVER_NAME = "edgeai"
 SERVER_VERSION = __version__
@@ -28,8 +31,11 @@ class ServingCore:
         batcher: MicroBatcher,
         metrics: ServingMetrics,
         token: str | None,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.holder = holder
+        self.budget = budget if budget is not None else ByteBudget(2**62)
+        self._bugs_seen: set[tuple[str, str]] = set()
         self.batcher = batcher
         self.metrics = metrics
         self._token = None if token is None else f"Bearer {token}".encode()
@@ -48,8 +54,14 @@ class ServingCore:
             return
         if header is None:
             raise UnauthenticatedError("missing 'authorization: Bearer <token>'")
+        # aiohttp decodes header bytes that are not UTF-8 to lone surrogates; this gives
+        # the bytes back, so any header compares (and fails) instead of raising.
+        try:
+            got = header.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise UnauthenticatedError("malformed authorization header") from None
         # Constant-time comparison: the token must not leak through response timing.
-        if not hmac.compare_digest(header.encode(), self._token):
+        if not hmac.compare_digest(got, self._token):
             raise UnauthenticatedError("wrong bearer token")
 
     def live(self) -> bool:
@@ -91,3 +103,22 @@ class ServingCore:
             hit = self._cache[kind] = (model, build(model))
         value: T = hit[1]
         return value
+
+    def report_bug(self, where: str, exc: BaseException) -> None:
+        """Log a fault of ours: a traceback the first time per place and type, then one line.
+
+        A request that trips a bug can be repeated by anyone; a traceback each time would
+        let them flood the log (and the disk behind it).
+        """
+        key = (where, type(exc).__name__)
+        if key not in self._bugs_seen and len(self._bugs_seen) < 256:
+            self._bugs_seen.add(key)
+            log.error("%s failed", where, exc_info=exc)
+        else:
+            log.error("%s failed: %s: %s", where, type(exc).__name__, one_line(exc))
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``str(exc)`` on one line, cut to ``limit`` characters (log lines stay lines)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -54,6 +54,24 @@ class QueueFullError(ServingError, RuntimeError):
     grpc_code = "RESOURCE_EXHAUSTED"
 
 
+class OverloadedError(ServingError, RuntimeError):
+    """Requests in flight already hold ``max_inflight_bytes``; the client should retry.
+
+    A bound on memory, not a fault: like a full queue it is load the client can back off
+    from, so 429 / RESOURCE_EXHAUSTED rather than a 5xx.
+    """
+
+    http_status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class RequestTimeoutError(ServingError, TimeoutError):
+    """The client did not send its request body within ``body_timeout_s``."""
+
+    http_status = 408
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
 class UnauthenticatedError(ServingError, PermissionError):
     """A bearer token is configured and the request's is missing or wrong."""
 
@@ -73,3 +91,18 @@ class InferenceFailedError(ServingError, RuntimeError):
 
     http_status = 500
     grpc_code = "INTERNAL"
+
+
+MAX_MESSAGE_CHARS = 1000
+
+
+def client_message(exc: BaseException) -> str:
+    """The error's message for the client, cut to :data:`MAX_MESSAGE_CHARS`.
+
+    Messages quote what the client sent (a shape, a name); a request can make those as
+    long as its body, and a gRPC status message travels in a header (8 KiB by default).
+    """
+    text = str(exc)
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return text[: MAX_MESSAGE_CHARS - 15] + f" ... ({len(text)} chars)"

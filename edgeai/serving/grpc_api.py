@@ -8,7 +8,6 @@ are refused by gRPC itself with RESOURCE_EXHAUSTED (``grpc.max_receive_message_l
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from typing import Any
@@ -18,7 +17,12 @@ import grpc
 from edgeai.serving._proto import grpc_predict_v2_pb2 as pb
 from edgeai.serving._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from edgeai.serving.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, ServingCore
-from edgeai.serving.errors import InvalidRequestError, ModelNotReadyError, ServingError
+from edgeai.serving.errors import (
+    InvalidRequestError,
+    ModelNotReadyError,
+    ServingError,
+    client_message,
+)
 from edgeai.serving.model import ServedModel
 from edgeai.serving.protocol import (
     CONTENTS_FIELD,
@@ -30,7 +34,6 @@ from edgeai.serving.protocol import (
     finish,
 )
 
-log = logging.getLogger(__name__)
 _LITTLE = sys.byteorder == "little"
 
 
@@ -105,8 +108,9 @@ def _metadata(model: ServedModel) -> Any:
 class GrpcApi(pb_grpc.GRPCInferenceServiceServicer):
     """The ``inference.GRPCInferenceService`` servicer over a :class:`ServingCore`."""
 
-    def __init__(self, core: ServingCore) -> None:
+    def __init__(self, core: ServingCore, budget_timeout_s: float = 30.0) -> None:
         self._core = core
+        self._budget_timeout = budget_timeout_s
         self._server_metadata = pb.ServerMetadataResponse(
             name=SERVER_NAME, version=SERVER_VERSION, extensions=list(EXTENSIONS)
         )
@@ -122,7 +126,7 @@ class GrpcApi(pb_grpc.GRPCInferenceServiceServicer):
     async def _fail(self, context: Any, endpoint: str, exc: ServingError, start: float) -> None:
         elapsed = time.perf_counter() - start if endpoint == "infer" else None
         self._core.metrics.request("grpc", endpoint, exc.grpc_code, elapsed)
-        await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+        await context.abort(getattr(grpc.StatusCode, exc.grpc_code), client_message(exc))
 
     async def ServerLive(self, _request: Any, _context: Any) -> Any:  # noqa: N802  (gRPC names)
         """Whether the server is live."""
@@ -174,18 +178,22 @@ class GrpcApi(pb_grpc.GRPCInferenceServiceServicer):
         try:
             self._authorize(context)
             model = core.model(request.model_name, request.model_version)
-            parsed = parse_grpc_infer(model, request)
-            outputs = await core.infer(parsed)
-            response = grpc_response(parsed, outputs)
+            # gRPC has read the message already; holding its size in the budget still
+            # bounds the tensors decoded from it and queued (ByteSize is computed in C).
+            async with core.budget.hold(request.ByteSize(), self._budget_timeout):
+                parsed = parse_grpc_infer(model, request)
+                outputs = await core.infer(parsed)
+                response = grpc_response(parsed, outputs)
         except ServingError as exc:
             await self._fail(context, "infer", exc, start)
         except Exception as exc:  # a bug of ours: INTERNAL, and keep serving
-            log.exception("gRPC ModelInfer failed")
-            await self._fail(context, "infer", ServingError(f"internal error: {exc}"), start)
+            core.report_bug("gRPC ModelInfer", exc)
+            await self._fail(context, "infer", ServingError("internal error"), start)
         core.metrics.request("grpc", "infer", "OK", time.perf_counter() - start)
         return response
 
 
-def add_to_server(server: Any, core: ServingCore) -> None:
+def add_to_server(server: Any, core: ServingCore, budget_timeout_s: float = 30.0) -> None:
     """Register the KServe v2 service on a ``grpc.aio`` server."""
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(GrpcApi(core), server)  # type: ignore[no-untyped-call]
+    servicer = GrpcApi(core, budget_timeout_s)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]

@@ -107,40 +107,79 @@ def _size_error(name: str, shape: Sequence[int], got: int) -> InvalidRequestErro
     )
 
 
-def _numeric(values: Any, spec: TensorSpec) -> Array:
+_KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}
+# The numpy kinds each datatype kind accepts. JSON has one number type, so integers are
+# numbers for FP*; but floats are not integers (2.0 for INT32 is refused, not truncated)
+# and booleans are neither (numpy would read true as 1). KServe v2 types each tensor's
+# data by its datatype ("Tensor Data", inference_rest.md), so a value of another kind is
+# the client's error, not something to coerce.
+_ALLOWED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+def _has_bool(values: Any) -> bool:
+    """Whether nested lists hold a ``bool`` anywhere (numpy folds them into ints/floats)."""
+    stack = [values]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, bool):
+            return True
+    return False
+
+
+def _numeric(values: Any, spec: TensorSpec, *, maybe_bools: bool = True) -> Array:
     """Convert parsed JSON numbers or protobuf repeated values to ``spec``'s dtype, strictly.
 
-    numpy would quietly turn ``None`` into NaN, parse strings and wrap ints that overflow,
-    so the values are read with their own type first and cast only when it is lossless
-    in kind (ints into floats yes, floats into ints no) and in range.
+    numpy would quietly turn ``None`` into NaN, parse strings, read booleans as 1 and wrap
+    ints that overflow, so the values are read with their own type first and cast only
+    when it is lossless in kind (ints into floats yes, floats into ints no, booleans only
+    into BOOL) and in range. ``maybe_bools`` False skips the scan for booleans mixed into
+    numbers (the caller knows there are none: typed gRPC contents, or JSON without a
+    ``true``/``false`` token).
     """
     dtype = V2_TO_NUMPY[spec.datatype]
     try:
         arr = np.asarray(values)
-    except (ValueError, TypeError, OverflowError) as exc:  # ragged nesting, huge ints
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # ragged, huge ints
         raise InvalidRequestError(f"input {spec.name!r}: data is not a tensor: {exc}") from exc
     kind = arr.dtype.kind
-    allowed = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}[dtype.kind]
-    if arr.size and kind not in allowed:
+    want = _KIND_NAMES[dtype.kind]
+    if arr.size and kind not in _ALLOWED_KINDS[dtype.kind]:
+        got = _KIND_NAMES.get(kind, "other values (strings, null, objects or huge integers)")
         raise InvalidRequestError(
-            f"input {spec.name!r}: {spec.datatype} data must be "
-            + {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
-            + f", got {arr.dtype.name if kind in 'biuf' else 'other values'}"
+            f"input {spec.name!r}: {spec.datatype} data must be {want}, got {got}"
         )
-    if dtype.kind in "iu" and arr.size and kind in "iu":
+    if dtype.kind != "b" and arr.size and maybe_bools and _has_bool(values):
+        raise InvalidRequestError(
+            f"input {spec.name!r}: {spec.datatype} data must be {want}, got booleans"
+        )
+    if dtype.kind in "iu" and arr.size:
         info = np.iinfo(dtype)
         if int(arr.min()) < info.min or int(arr.max()) > info.max:
             raise InvalidRequestError(
                 f"input {spec.name!r}: values out of range for {spec.datatype}"
             )
-    return arr.astype(dtype, copy=False)
+    out = arr.astype(dtype, copy=False)
+    # Only finite values that overflowed the datatype are refused; NaN and infinities the
+    # client sent on purpose pass (docs/SERVING.md, "Non-finite numbers"). The cheap check
+    # goes first: nearly every request is all finite.
+    overflow = dtype.kind == "f" and arr.size and not np.isfinite(out).all()
+    if overflow and (np.isinf(out) & np.isfinite(arr)).any():
+        raise InvalidRequestError(f"input {spec.name!r}: values out of range for {spec.datatype}")
+    return out
 
 
-def array_from_json(spec: TensorSpec, shape: Sequence[int], data: Any) -> Array:
-    """Build an input from REST ``data``: a flat row-major list or lists nested as ``shape``."""
+def array_from_json(
+    spec: TensorSpec, shape: Sequence[int], data: Any, *, maybe_bools: bool = True
+) -> Array:
+    """Build an input from REST ``data``: a flat row-major list or lists nested as ``shape``.
+
+    ``maybe_bools`` False: the body has no ``true``/``false`` token, so skip the scan.
+    """
     if not isinstance(data, list):
         raise InvalidRequestError(f"input {spec.name!r}: 'data' must be a list")
-    arr = _numeric(data, spec)
+    arr = _numeric(data, spec, maybe_bools=maybe_bools)
     if arr.ndim > 1 and arr.shape != tuple(shape):
         raise InvalidRequestError(
             f"input {spec.name!r}: nested data has shape {list(arr.shape)}, "
@@ -155,7 +194,8 @@ def array_from_values(spec: TensorSpec, shape: Sequence[int], values: Sequence[A
     """Build an input from the gRPC typed ``contents`` field of its datatype."""
     if len(values) != math.prod(shape):
         raise _size_error(spec.name, shape, len(values))
-    return _numeric(values, spec).reshape(shape)
+    # Typed contents: the field already fixes the kind (bool_contents only for BOOL).
+    return _numeric(values, spec, maybe_bools=False).reshape(shape)
 
 
 def array_from_raw(spec: TensorSpec, shape: Sequence[int], raw: bytes) -> Array:
@@ -201,9 +241,19 @@ def _obj(value: Any, what: str) -> dict[str, Any]:
 def parse_rest_infer(model: ServedModel, body: bytes) -> InferRequest:
     """Parse a REST ``$inference_request`` JSON body for ``model``."""
     try:
-        doc = json.loads(body)
+        # RFC 8259 §8.1: JSON between systems is UTF-8 (json.loads would also guess
+        # UTF-16/32, which the boolean check below could not see through).
+        text = body.decode("utf-8")
+        doc = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # "[[[[..." deeper than the parser's stack
+        raise InvalidRequestError(
+            "request body is not valid JSON: nested too deeply (tensors need a few levels)"
+        ) from exc
+    # Booleans hidden among numbers need a scan of the data; a body without the tokens
+    # (nearly every request) cannot hold any.
+    maybe_bools = "true" in text or "false" in text
     doc = _obj(doc, "the request body")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -226,7 +276,7 @@ def parse_rest_infer(model: ServedModel, body: bytes) -> InferRequest:
             raise InvalidRequestError(
                 f"input {name!r} has no 'data' (the binary extension is not supported)"
             )
-        arrays[name] = array_from_json(spec, shape, tensor["data"])
+        arrays[name] = array_from_json(spec, shape, tensor["data"], maybe_bools=maybe_bools)
     wanted = doc.get("outputs") or []
     if not isinstance(wanted, list):
         raise InvalidRequestError("'outputs' must be a list")
@@ -239,8 +289,25 @@ def parse_rest_infer(model: ServedModel, body: bytes) -> InferRequest:
     return finish(model, request_id, arrays, names)
 
 
+# Non-finite floats as the proto3 JSON mapping writes them: JSON has no NaN or infinity
+# (RFC 8259 §6), and strict parsers (JavaScript, Go, Rust) reject Python's bare tokens.
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def json_values(arr: Array) -> list[Any]:
+    """A tensor as a flat JSON-ready list: NaN and infinities become strings."""
+    flat: list[Any] = arr.ravel().tolist()
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        flat = [v if math.isfinite(v) else _NON_FINITE[repr(v)] for v in flat]
+    return flat
+
+
 def rest_response(request: InferRequest, outputs: dict[str, Array]) -> bytes:
-    """Encode a REST ``$inference_response`` with the requested outputs as flat JSON data."""
+    """Encode a REST ``$inference_response`` with the requested outputs as flat JSON data.
+
+    Always strict JSON: non-finite values are the strings ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"`` (:func:`json_values`).
+    """
     model = request.model
     specs = {s.name: s for s in model.outputs}
     doc: dict[str, Any] = {
@@ -251,14 +318,14 @@ def rest_response(request: InferRequest, outputs: dict[str, Array]) -> bytes:
                 "name": name,
                 "datatype": specs[name].datatype,
                 "shape": list(outputs[name].shape),
-                "data": outputs[name].ravel().tolist(),
+                "data": json_values(outputs[name]),
             }
             for name in request.outputs
         ],
     }
     if request.id:
         doc["id"] = request.id
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
 def model_metadata_json(model: ServedModel) -> bytes:

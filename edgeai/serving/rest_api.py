@@ -2,25 +2,31 @@
 
 Health endpoints stay open when a token is configured (orchestrator probes carry no
 credentials); metadata, inference and ``/metrics`` need ``Authorization: Bearer <token>``.
-Errors are ``{"error": "<message>"}`` with the status of the typed error.
+Errors are ``{"error": "<message>"}`` with the status of the typed error. A bad request
+is a 4xx and at most one log line (none for the ones the protocol core refuses).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from edgeai.serving.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, ServingCore
+from edgeai.serving.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, ServingCore, one_line
 from edgeai.serving.errors import (
     InvalidRequestError,
     ModelNotReadyError,
+    OverloadedError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     ServingError,
+    client_message,
 )
 from edgeai.serving.protocol import model_metadata_json, parse_rest_infer, rest_response
 
@@ -34,15 +40,66 @@ def _json(doc: object, status: int = 200) -> web.Response:
 
 
 def _error(exc: ServingError) -> web.Response:
-    return _json({"error": str(exc)}, exc.http_status)
+    response = _json({"error": client_message(exc)}, exc.http_status)
+    if isinstance(exc, PayloadTooLargeError | RequestTimeoutError | OverloadedError):
+        # The rest of the body may never come, or be huge: close the connection after
+        # the response rather than keep it alive.
+        response.force_close()
+    return response
+
+
+class OneLineFilter(logging.Filter):
+    """Turn a record with a traceback into one line: the message, the exception's type and text.
+
+    aiohttp logs every malformed HTTP message ("Error handling request") with a traceback,
+    and those requests are free to send: a dozen lines each filled our logs. Newlines in
+    the text are folded so what a client sent cannot forge log lines either.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            if isinstance(exc, web.RequestPayloadError):
+                # A body that cannot be decoded (bad gzip, broken chunks): the handler
+                # answered 400 already, and aiohttp trips over it again when it drains
+                # the rest of the body after the response. The client's fault, not news.
+                return False
+            message = " ".join(record.getMessage().split())
+            record.msg = f"{message}: {type(exc).__name__}: {one_line(exc)}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def http_logger() -> logging.Logger:
+    """The logger aiohttp's protocol handler reports malformed requests to (one line each)."""
+    logger = logging.getLogger("edgeai.serving.http")
+    if not any(isinstance(f, OneLineFilter) for f in logger.filters):
+        logger.addFilter(OneLineFilter())
+    return logger
 
 
 class RestApi:
-    """The aiohttp application over a :class:`ServingCore`."""
+    """The aiohttp application over a :class:`ServingCore`.
 
-    def __init__(self, core: ServingCore, max_request_bytes: int) -> None:
+    Parameters
+    ----------
+    core
+        What both front ends share.
+    max_request_bytes
+        Largest body accepted (413 beyond it), after any ``Content-Encoding`` is undone.
+    body_timeout_s
+        How long a request may wait for its bytes of the in-flight budget, and then take
+        to send its body (408 beyond it).
+    """
+
+    def __init__(
+        self, core: ServingCore, max_request_bytes: int, body_timeout_s: float = 30.0
+    ) -> None:
         self._core = core
         self._max_bytes = max_request_bytes
+        self._body_timeout = body_timeout_s
         # client_max_size makes request.read() refuse a larger body with 413 by itself.
         self.app = web.Application(client_max_size=max_request_bytes)
         add = self.app.router.add_route
@@ -72,8 +129,8 @@ class RestApi:
                 response = await handler(request)
             except ServingError as exc:
                 response = _error(exc)
-            except Exception:  # a bug of ours: answer 500 and keep serving
-                log.exception("REST %s %s failed", request.method, request.path)
+            except Exception as exc:  # a bug of ours: answer 500 and keep serving
+                core.report_bug(f"REST {endpoint}", exc)
                 response = _json({"error": "internal server error"}, 500)
             elapsed = time.perf_counter() - start if timed else None
             core.metrics.request("rest", endpoint, str(response.status), elapsed)
@@ -108,22 +165,46 @@ class RestApi:
 
     async def _infer(self, request: web.Request) -> web.Response:
         model = self._core.model(request.match_info["model"], request.match_info.get("version", ""))
-        if (request.content_length or 0) > self._max_bytes:
-            raise PayloadTooLargeError(
-                f"request body of {request.content_length} bytes is over the "
-                f"{self._max_bytes}-byte limit"
+        if "Inference-Header-Content-Length" in request.headers:
+            raise InvalidRequestError(
+                "the binary data extension is not supported: send tensors as JSON 'data' "
+                "(tritonclient.http: binary_data=False), or use gRPC raw_input_contents"
             )
+        declared = request.content_length
+        if (declared or 0) > self._max_bytes:
+            raise PayloadTooLargeError(
+                f"request body of {declared} bytes is over the {self._max_bytes}-byte limit"
+            )
+        # What the body will cost once read: its declared length, unless it is chunked or
+        # compressed (a small gzip body can inflate to the limit).
+        plain = request.headers.get("Content-Encoding", "identity").lower() == "identity"
+        claim = declared if declared is not None and plain else self._max_bytes
+        async with self._core.budget.hold(claim, self._body_timeout):
+            body = await self._read(request)
+            parsed = parse_rest_infer(model, body)
+            outputs = await self._core.infer(parsed)
+            return web.Response(body=rest_response(parsed, outputs), content_type=_JSON)
+
+    async def _read(self, request: web.Request) -> bytes:
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:  # chunked bodies are only caught here
+            async with asyncio.timeout(self._body_timeout):
+                body = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:  # chunked or compressed bodies
             raise PayloadTooLargeError(
                 f"request body is over the {self._max_bytes}-byte limit"
             ) from exc
+        except TimeoutError as exc:
+            raise RequestTimeoutError(
+                f"the request body did not arrive within {self._body_timeout:g} s"
+            ) from exc
+        except web.RequestPayloadError as exc:  # bad gzip/deflate, broken chunked framing
+            cause: Any = exc.__cause__ or exc
+            raise InvalidRequestError(
+                f"cannot read the request body: {one_line(cause, 200)}"
+            ) from exc
         if not body:
             raise InvalidRequestError("the request body is empty; send a JSON inference request")
-        parsed = parse_rest_infer(model, body)
-        outputs = await self._core.infer(parsed)
-        return web.Response(body=rest_response(parsed, outputs), content_type=_JSON)
+        return body
 
     async def _metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(self._core.metrics.registry)

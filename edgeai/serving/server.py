@@ -8,6 +8,7 @@ graceful drain. Exit codes: 0 stopped cleanly; 1 could not listen (port taken, b
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from edgeai.configfile import Frozen
 from edgeai.errors import EdgeAIError
 from edgeai.profiles import DeviceProfile
 from edgeai.serving.batcher import MicroBatcher
+from edgeai.serving.budget import ByteBudget
 from edgeai.serving.core import ServingCore
 from edgeai.serving.metrics import ServingMetrics
 from edgeai.serving.model import ModelHolder, ServedModel, load_served
@@ -43,8 +45,22 @@ class ServingStartError(EdgeAIError, OSError):
     """A front end could not bind its address."""
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 class ServingConfig(Frozen):
-    """Where and how the inference server listens and batches."""
+    """Where and how the inference server listens and batches.
+
+    A non-loopback ``host`` needs a ``token`` (or ``allow_unauthenticated``): an open
+    inference endpoint on a LAN is anyone's model and CPU.
+    """
 
     host: str = "127.0.0.1"
     grpc_port: int = Field(8081, ge=0, le=65535, description="0 picks a free port")
@@ -53,7 +69,29 @@ class ServingConfig(Frozen):
     max_queue_delay_us: int = Field(0, ge=0, le=1_000_000)
     max_queue_size: int = Field(1024, ge=1, description="requests waiting, beyond it 429")
     max_request_bytes: int = Field(16 * 2**20, ge=1024)
-    token: str | None = Field(None, min_length=1, description="bearer token; None: open")
+    allow_unauthenticated: bool = Field(
+        False,
+        description="serve without a token on a non-loopback host (behind your own auth only)",
+    )
+    token: str | None = Field(
+        None, min_length=1, validate_default=True, description="bearer token; None: open"
+    )
+    max_inflight_bytes: int = Field(
+        48 * 2**20,
+        ge=1024,
+        description="request bytes held at once by requests in flight; beyond it they wait",
+    )
+    idle_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="close a connection without a complete request for this long "
+        "(idle keep-alive, headers never finished; gRPC: no RPC in flight)",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="most time a request may wait for in-flight bytes, then send its body",
+    )
     drain_timeout_s: float = Field(10.0, gt=0)
     inline_below_us: int = Field(
         300, ge=0, description="run on the event loop when runs take less (0: always a thread)"
@@ -67,6 +105,20 @@ class ServingConfig(Frozen):
     adaptive_probe_s: float = Field(
         0.2, gt=0, description="how long the adaptive wait stays off after it gathered nobody"
     )
+
+    @field_validator("token")
+    @classmethod
+    def _token_off_loopback(cls, token: str | None, info: ValidationInfo) -> str | None:
+        host = info.data.get("host")
+        open_ok = info.data.get("allow_unauthenticated", False)
+        if token is None and isinstance(host, str) and not is_loopback(host) and not open_ok:
+            raise ValueError(
+                f"host = {host!r} serves the network, so a bearer token is required: "
+                "set token = '<secret>' (agent serve: --token or EDGEAI_SERVING_TOKEN), "
+                "or host = '127.0.0.1' to serve this machine only, or "
+                "allow_unauthenticated = true behind your own authenticating proxy"
+            )
+        return token
 
 
 class InferenceServer:
@@ -110,7 +162,8 @@ class InferenceServer:
             adaptive_delay_us=config.adaptive_delay_us,
             probe_every_s=config.adaptive_probe_s,
         )
-        self._core = ServingCore(holder, self._batcher, self._metrics, config.token)
+        budget = ByteBudget(config.max_inflight_bytes)
+        self._core = ServingCore(holder, self._batcher, self._metrics, config.token, budget)
         self._grpc: Any = None
         self._runner: Any = None
         self.grpc_port = 0
@@ -128,26 +181,39 @@ class InferenceServer:
         from aiohttp import web  # noqa: PLC0415
 
         from edgeai.serving.grpc_api import add_to_server  # noqa: PLC0415
-        from edgeai.serving.rest_api import RestApi  # noqa: PLC0415
+        from edgeai.serving.rest_api import RestApi, http_logger  # noqa: PLC0415
 
         cfg = self.config
+        idle_ms = max(1, int(cfg.idle_timeout_s * 1000))
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_request_bytes),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared
+                # A connection that never completes its handshake, or carries no RPC for
+                # idle_timeout_s, is closed (GOAWAY); keepalive pings find dead peers.
+                ("grpc.server_handshake_timeout_ms", idle_ms),
+                ("grpc.max_connection_idle_ms", idle_ms),
+                ("grpc.keepalive_time_ms", idle_ms),
+                ("grpc.keepalive_timeout_ms", min(idle_ms, 20_000)),
             ]
         )
-        add_to_server(self._grpc, self._core)
+        add_to_server(self._grpc, self._core, cfg.body_timeout_s)
         try:
             self.grpc_port = self._grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
         except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...")
             self._grpc = None
             raise ServingStartError(f"gRPC cannot listen on {cfg.host}:{cfg.grpc_port}") from exc
         await self._grpc.start()
-        rest = RestApi(self._core, cfg.max_request_bytes)
+        rest = RestApi(self._core, cfg.max_request_bytes, cfg.body_timeout_s)
         self._runner = web.AppRunner(
-            rest.app, access_log=None, shutdown_timeout=cfg.drain_timeout_s
+            rest.app,
+            access_log=None,
+            shutdown_timeout=cfg.drain_timeout_s,
+            # aiohttp's keep-alive timer also runs from the moment a connection opens and
+            # closes it while no complete request has arrived: the header-read timeout.
+            keepalive_timeout=cfg.idle_timeout_s,
+            logger=http_logger(),
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.http_port, reuse_port=False)
