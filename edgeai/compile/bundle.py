@@ -34,6 +34,8 @@ from edgeai.compile.select import (
     choose,
     evaluate_candidate,
     host_stands_in,
+    note_untimed,
+    time_candidates,
 )
 from edgeai.data.datasets import load_npz
 from edgeai.errors import CompileError, DataError, UnknownNameError
@@ -219,14 +221,12 @@ def _build(  # noqa: PLR0917  (private; one call site)
             skipped.append(skip)
             continue
         _fix_ir(c.path, profile.ir_version_max)
-        evaluate_candidate(c, ref, x_eval, y_eval, profile, timed, opts)
+        evaluate_candidate(c, ref, x_eval, y_eval, profile)
         if precision not in profile.precisions:
             c.notes.append("not offered by the profile; built as the fp32 reference")
             c.violations.append("not offered by the profile")
         built.append(c)
-    winner, why = choose(
-        built, timed=timed, fp32_acc=fp32_acc, budget=profile.budgets.accuracy_drop_pct
-    )
+    winner, why, decision = _time_and_choose(built, x_eval, profile, opts, timed, fp32_acc, say)
     say(f"chose {winner.precision}: {why}")
     shutil.copyfile(winner.path, tmp / "model.onnx")
     golden_x = np.ascontiguousarray(x_eval[: opts.golden_samples])
@@ -299,10 +299,33 @@ def _build(  # noqa: PLR0917  (private; one call site)
             for c in built
         ]
         + [{"precision": s.precision, "skipped": s.reason} for s in skipped],
-        "chosen": {"precision": winner.precision, "why": why},
+        "chosen": {"precision": winner.precision, "why": why, "timing": decision},
     }
     shutil.rmtree(work)
     return manifest
+
+
+def _time_and_choose(  # noqa: PLR0917  (private; one call site)
+    built: list[Candidate],
+    x_eval: np.ndarray[Any, Any],
+    profile: DeviceProfile,
+    opts: CompileOptions,
+    timed: bool,
+    fp32_acc: float,
+    say: Callable[[str], None],
+) -> tuple[Candidate, str, dict[str, object] | None]:
+    if timed:
+        say(f"timing {[c.precision for c in built]} in {opts.latency_rounds} interleaved rounds")
+        time_candidates(built, x_eval, profile, opts)
+    else:
+        note_untimed(built, profile)
+    return choose(
+        built,
+        timed=timed,
+        fp32_acc=fp32_acc,
+        budget=profile.budgets.accuracy_drop_pct,
+        min_speedup_pct=opts.min_speedup_pct,
+    )
 
 
 def _export(checkpoint: Path, dst: Path) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,7 +110,72 @@ def measure(
     )
 
 
-def session_runner(session: Any) -> Callable[[NDArray[np.float32]], object]:
+Runner = Callable[[NDArray[np.float32]], object]
+
+
+def spread_pct(values: list[float]) -> float:
+    """The range of ``values`` as a percentage of their median: the measured noise."""
+    middle = float(np.median(values))
+    if middle <= 0:
+        return 0.0
+    return float((max(values) - min(values)) / middle * 100)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One model's host timings over several interleaved rounds.
+
+    The medians over rounds are what a model "measured"; the spread over rounds (max -
+    min, in % of the median) is how much one measurement of it can be trusted.
+    """
+
+    rounds: tuple[Latency, ...]
+
+    def median(self) -> Latency:
+        """The median over rounds of each timing."""
+        return Latency(
+            float(np.median([r.p50_ms_batch1 for r in self.rounds])),
+            float(np.median([r.p95_ms_batch1 for r in self.rounds])),
+            float(np.median([r.throughput_batch64 for r in self.rounds])),
+        )
+
+    def throughput_spread_pct(self) -> float:
+        """The noise of the throughput at batch 64 over the rounds, in %."""
+        return spread_pct([r.throughput_batch64 for r in self.rounds])
+
+    def as_json(self) -> dict[str, object]:
+        """Medians (the keys of :class:`Latency`), per-round throughputs and the noise."""
+        return {
+            **self.median().as_json(),
+            "rounds": len(self.rounds),
+            "throughput_batch64_rounds": [round(r.throughput_batch64, 1) for r in self.rounds],
+            "throughput_spread_pct": round(self.throughput_spread_pct(), 2),
+            "p50_ms_batch1_spread_pct": round(
+                spread_pct([r.p50_ms_batch1 for r in self.rounds]), 2
+            ),
+        }
+
+
+def time_interleaved(
+    runners: Mapping[str, Runner], sample: NDArray[np.float32], repeats: int, rounds: int
+) -> dict[str, Timing]:
+    """Time every runner in ``rounds`` interleaved rounds (A, B, C, A, B, C, ...).
+
+    A noisy neighbour or a clock change during the run then hits every model alike
+    instead of deciding the comparison.  ``repeats`` batch-1 calls per model are spread
+    over the rounds (at least 20 per round).
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, not {rounds}")
+    per_round = max(20, repeats // rounds)
+    samples: dict[str, list[Latency]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            samples[name].append(measure(run, sample, per_round))
+    return {name: Timing(tuple(lats)) for name, lats in samples.items()}
+
+
+def session_runner(session: Any) -> Runner:
     """Return ``x -> session.run(None, {input: x})``."""
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})

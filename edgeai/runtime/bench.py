@@ -7,7 +7,6 @@ reported, so a noisy neighbour or a frequency change hits every engine alike.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,16 @@ from edgeai.compile.graph import sha256_file
 from edgeai.errors import ConfigError
 
 ROUNDS = 5
-Runner = Callable[[NDArray[np.float32]], object]
+Runner = ev.Runner
 
 
 @dataclass
 class BenchReport:
-    """Medians per engine: ``{engine: {p50_ms_batch1, p95_ms_batch1, throughput_batch64}}``."""
+    """Medians per engine: ``{engine: {p50_ms_batch1, p95_ms_batch1, throughput_batch64}}``.
+
+    Each engine also has ``throughput_spread_pct``: the range of its throughput over the
+    rounds in % of the median, the noise a ratio between engines should be read against.
+    """
 
     bundle: Path
     precision: str
@@ -118,15 +121,13 @@ def bench_bundle(bundle: Path, reference: Path | None = None, repeats: int = 200
             report.notes.append("torch eager skipped: not an edgeai architecture")
         else:
             engines["torch eager fp32"] = _torch_runner(model)
-    samples: dict[str, list[ev.Latency]] = {name: [] for name in engines}
-    for _ in range(ROUNDS):
-        for name, run in engines.items():
-            samples[name].append(ev.measure(run, x, max(20, repeats // ROUNDS)))
-    for name, lats in samples.items():
+    for name, timing in ev.time_interleaved(engines, x, repeats, ROUNDS).items():
+        median = timing.median()
         report.results[name] = {
-            "p50_ms_batch1": float(np.median([lat.p50_ms_batch1 for lat in lats])),
-            "p95_ms_batch1": float(np.median([lat.p95_ms_batch1 for lat in lats])),
-            "throughput_batch64": float(np.median([lat.throughput_batch64 for lat in lats])),
+            "p50_ms_batch1": median.p50_ms_batch1,
+            "p95_ms_batch1": median.p95_ms_batch1,
+            "throughput_batch64": median.throughput_batch64,
+            "throughput_spread_pct": timing.throughput_spread_pct(),
         }
     return report
 
@@ -136,11 +137,12 @@ def render(report: BenchReport, console: Any) -> None:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(title=f"{report.bundle} ({report.precision}), medians of {ROUNDS} rounds")
-    for col in ("engine", "p50 ms (b=1)", "p95 ms (b=1)", "samples/s (b=64)"):
+    for col in ("engine", "p50 ms (b=1)", "p95 ms (b=1)", "samples/s (b=64)", "noise %"):
         table.add_column(col, justify="left" if col == "engine" else "right")
     for name, r in report.results.items():
         table.add_row(name, f"{r['p50_ms_batch1']:.4f}", f"{r['p95_ms_batch1']:.4f}",
-                      f"{r['throughput_batch64']:.0f}")  # fmt: skip
+                      f"{r['throughput_batch64']:.0f}",
+                      f"{r['throughput_spread_pct']:.1f}")  # fmt: skip
     console.print(table)
     bundle = next(iter(report.results))
     for a, b, metric, label in (

@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from edgeai.cli import app
 from edgeai.compile import CompileError, CompileOptions, compile_model
 from edgeai.compile import candidates as cand
+from edgeai.compile.evaluate import spread_pct
+from edgeai.compile.select import Candidate, SpeedFacts, choose, prefer_smaller
 from edgeai.data import load_dataset
 from edgeai.models import build_model
 from edgeai.models.export import export_onnx
@@ -231,3 +233,105 @@ def test_cli_bad_input_exits_2(
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert _leftovers(tmp_path, "o") == []
+
+
+# --- choosing among candidates: pure logic, no timing -------------------------------------
+
+
+def _facts(name: str, mb: float, throughput: float, spread: float = 2.0) -> SpeedFacts:
+    return SpeedFacts(name, int(mb * 1e6), throughput, spread)
+
+
+def test_a_smaller_candidate_wins_over_a_slightly_faster_larger_one() -> None:
+    # The case from the review: fp32 measured 5 % faster than an int8 model 4x smaller.
+    int8, fp32 = _facts("int8-static", 1.0, 1000.0), _facts("fp32", 4.0, 1050.0)
+    choice = prefer_smaller([fp32, int8], min_speedup_pct=10.0)
+    assert choice.chosen == "int8-static"
+    assert choice.fastest == choice.compared_with == "fp32"
+    assert choice.speedup_pct == pytest.approx(5.0)
+    assert (choice.noise_pct, choice.threshold_pct) == (2.0, 10.0)
+    assert "4.0x smaller" in choice.reason
+    assert "only 5.0% faster" in choice.reason
+
+
+def test_a_larger_candidate_wins_only_by_more_than_the_noise() -> None:
+    int8 = _facts("int8-static", 1.0, 1000.0, spread=3.0)
+    clear = prefer_smaller([int8, _facts("fp32", 4.0, 1300.0, spread=4.0)], 10.0)
+    assert clear.chosen == "fp32"
+    assert clear.compared_with == "int8-static"
+    assert clear.speedup_pct == pytest.approx(30.0)
+    assert clear.threshold_pct == 10.0
+    assert "30.0% faster than the smaller int8-static" in clear.reason
+    # 15 % faster is above the minimum but inside the 20 % the rounds scattered by.
+    noisy = prefer_smaller([int8, _facts("fp32", 4.0, 1150.0, spread=20.0)], 10.0)
+    assert noisy.chosen == "int8-static"
+    assert (noisy.noise_pct, noisy.threshold_pct) == (20.0, 20.0)
+    assert "measured noise 20.0%" in noisy.reason
+
+
+def test_the_smallest_of_the_candidates_tied_with_the_fastest_is_chosen() -> None:
+    static = _facts("int8-static", 1.0, 1000.0)
+    dynamic = _facts("int8-dynamic", 1.5, 1150.0)
+    # fp32 beats static by 20 % (a real difference) but dynamic by only 4 % (a tie).
+    fp32 = _facts("fp32", 4.0, 1200.0)
+    assert prefer_smaller([static, dynamic, fp32], 10.0).chosen == "int8-dynamic"
+    both = prefer_smaller([_facts("int8-static", 1.0, 2000.0), fp32], 10.0)
+    assert both.chosen == "int8-static"
+    assert both.compared_with is None
+    assert "both the fastest and the smallest" in both.reason
+    with pytest.raises(ValueError, match="no candidates"):
+        prefer_smaller([], 10.0)
+
+
+def _candidate(tmp_path: Path, precision: str, size: int, throughput: float) -> Candidate:
+    path = tmp_path / f"{precision}.onnx"
+    path.write_bytes(b"\0" * size)
+    latency = {"throughput_batch64": throughput, "throughput_spread_pct": 1.0,
+               "p95_ms_batch1": 0.2, "rounds": 5}  # fmt: skip
+    metrics = {"accuracy": 0.9, "top1_agreement": 0.99, "latency_host": latency}
+    return Candidate(precision, path, metrics)
+
+
+def test_choose_applies_the_rule_to_the_candidates_within_budgets(tmp_path: Path) -> None:
+    int8 = _candidate(tmp_path, "int8-static", 1000, 1000.0)
+    fp32 = _candidate(tmp_path, "fp32", 4000, 1050.0)
+    over = _candidate(tmp_path, "int8-dynamic", 500, 5000.0)
+    over.violations.append("p95 9.0 ms > budget 3")
+    winner, why, decision = choose([int8, over, fp32], timed=True, fp32_acc=0.9, budget=1.0)
+    assert winner is int8
+    assert "only 5.0% faster" in why
+    assert decision is not None
+    assert decision["fastest"] == "fp32"
+    assert (decision["speedup_pct"], decision["threshold_pct"]) == (5.0, 10.0)
+
+
+def test_spread_is_the_range_over_the_median() -> None:
+    assert spread_pct([90.0, 100.0, 110.0]) == pytest.approx(20.0)
+    assert spread_pct([5.0]) == 0.0
+
+
+def test_vnni_compile_records_the_timings_the_noise_and_the_reason(
+    assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, calib = assets
+    m = compile_model(model, load_profile("x86-64-vnni"), calib, tmp_path / "vnni", options=FAST)
+    timed = {c["precision"]: c for c in m["candidates"] if "latency_host" in c}
+    assert set(timed) >= {"int8-static", "fp32"}
+    for c in timed.values():
+        lat = c["latency_host"]
+        assert lat["rounds"] == FAST.latency_rounds == len(lat["throughput_batch64_rounds"])
+        assert lat["throughput_spread_pct"] >= 0
+    chosen, decision = m["chosen"], m["chosen"]["timing"]
+    assert chosen["precision"] == m["precision"]
+    assert decision["threshold_pct"] >= max(decision["noise_pct"], FAST.min_speedup_pct)
+    size = {name: c["size_mb"] for name, c in timed.items()}
+    rival = decision["compared_with"]
+    if rival is None:  # nothing smaller fits: the chosen one is also the fastest
+        assert m["precision"] == decision["fastest"]
+    elif m["precision"] == decision["fastest"]:  # a larger model won by more than the noise
+        assert size[rival] < size[m["precision"]]
+        assert decision["speedup_pct"] > decision["threshold_pct"]
+    else:  # a smaller model, as fast as the fastest within the noise
+        assert size[m["precision"]] < size[rival]
+        assert decision["speedup_pct"] <= decision["threshold_pct"]
+    assert "noise" in chosen["why"] or "both the fastest and the smallest" in chosen["why"]

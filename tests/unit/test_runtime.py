@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,28 @@ def test_torch_rebuild_from_onnx_weights_matches(model: Path) -> None:
     with torch.inference_mode():
         got = rebuilt(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_engines_are_timed_in_interleaved_rounds() -> None:
+    """One engine per round in turn (A, B, A, B, ...), so noise hits them alike."""
+    import numpy as np  # noqa: PLC0415
+
+    from edgeai.compile.evaluate import time_interleaved  # noqa: PLC0415
+
+    calls: list[str] = []
+
+    def engine(name: str) -> Callable[[object], object]:
+        def run(x: object) -> object:
+            if not calls or calls[-1] != name:
+                calls.append(name)
+            return x
+
+        return run
+
+    x = np.zeros((4, 1, 28, 28), np.float32)
+    timings = time_interleaved({"a": engine("a"), "b": engine("b")}, x, repeats=20, rounds=3)
+    assert calls == ["a", "b"] * 3
+    assert [len(t.rounds) for t in timings.values()] == [3, 3]
+    assert set(timings["a"].as_json()) >= {"p95_ms_batch1", "throughput_spread_pct", "rounds"}
+    with pytest.raises(ValueError, match="rounds"):
+        time_interleaved({"a": engine("a")}, x, repeats=20, rounds=0)
