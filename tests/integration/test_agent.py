@@ -499,3 +499,70 @@ http_port = {http}
     assert active is not None
     assert (active.release, active.version) == (1, "r1")
     assert not any(p.is_file() for p in scratch.rglob("*"))  # the half download is gone
+
+
+def _run_agent_once(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgeai.cli", "agent", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+        check=False,
+    )
+
+
+def _one_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    return errors[0]
+
+
+def test_missing_factory_bundle_exits_2_not_tampered(tmp_path: Path) -> None:
+    done = _run_agent_once(serve_only(tmp_path, tmp_path / "no-such-bundle", 0))
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = _one_error(done)
+    assert "agent.toml: bundle" in line
+    assert "no-such-bundle: not a bundle directory (no such directory)" in line
+    assert "tampered" not in line
+
+
+def test_missing_trusted_root_exits_2_at_start(tmp_path: Path, releases: dict[str, Path]) -> None:
+    config = write_config(
+        tmp_path,
+        f'node = "solo"\nprofile = "{PROFILE}"\nstate_dir = "s"\nbundle = "{releases["factory"]}"\n'
+        "discovery = false\n[federation]\nenabled = false\n"
+        '[updates]\nrepository_url = "http://127.0.0.1:9"\ntrusted_root = "nope.json"\n'
+        "[serving]\ngrpc_port = 0\nhttp_port = 0\n",
+    )
+    done = _run_agent_once(config)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "updates.trusted_root" in _one_error(done)
+
+
+@pytest.mark.parametrize("where", ["a-file", "under-a-file", "proc", "read-only"])
+def test_unusable_state_dir_exits_3_with_one_line(
+    tmp_path: Path, releases: dict[str, Path], where: str
+) -> None:
+    (tmp_path / "afile").write_text("not a directory", encoding="utf-8")
+    state = {
+        "a-file": tmp_path / "afile",
+        "under-a-file": tmp_path / "afile" / "state",
+        "proc": Path("/proc/self/edgeai-state"),
+        "read-only": tmp_path / "ro",
+    }[where]
+    if where == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a read-only directory")
+        state.mkdir(mode=0o500)
+    config = write_config(
+        tmp_path / "cfg",
+        f'node = "solo"\nprofile = "{PROFILE}"\nstate_dir = "{state}"\n'
+        f'bundle = "{releases["factory"]}"\ndiscovery = false\n[federation]\nenabled = false\n'
+        "[serving]\ngrpc_port = 0\nhttp_port = 0\n",
+    )
+    done = _run_agent_once(config)
+    assert done.returncode == 3, done.stderr[-3000:]
+    line = _one_error(done)
+    assert line.startswith(f"error: cannot start: state_dir {state}"), line
