@@ -22,6 +22,11 @@ OFFLINE = "offline"  # the last will
 STOPPED = "stopped"  # a clean shutdown
 _GONE = frozenset({OFFLINE, STOPPED})
 
+# Why a node has no p95 (NodeState.p95_note); the agent's p95 covers served requests only.
+NO_TELEMETRY = "no telemetry received yet"
+NOTHING_SERVED = "no inference served yet"
+NO_LATENCY = "the node reported inferences but no latency"
+
 # The release state an event leaves a node in (NodeState.release_state).
 RELEASE_EVENTS = {"model_applied": "applied", "model_rejected": "rejected", "rollback": "rollback"}
 
@@ -121,6 +126,8 @@ def _metric_fields(body: dict[str, Any]) -> dict[str, Any]:
         "epsilon": _num(metrics.get("epsilon")),
         "delta": _num(metrics.get("delta")),
         "p95_ms": _num(metrics.get("p95_ms")),
+        # Not a NodeState field: it tells a node that has served nothing (p95_note).
+        "inference_count": _int(metrics.get("inference_count")),
     }
 
 
@@ -172,9 +179,20 @@ def node_state(record: NodeRecord, now: float, offline_after_s: float) -> NodeSt
         epsilon=v("epsilon"),
         delta=v("delta"),
         p95_ms=v("p95_ms"),
+        p95_note=_p95_note(record),
         last_seen=record.last_seen,
         boot_id=record.boot_id,
     )
+
+
+def _p95_note(record: NodeRecord) -> str | None:
+    """Why the record has no p95 (None when it has one)."""
+    if record.value("p95_ms") is not None:
+        return None
+    served = record.value("inference_count")
+    if served is None:
+        return NO_TELEMETRY
+    return NOTHING_SERVED if served == 0 else NO_LATENCY
 
 
 def fleet_event(topic: Topic, env: Envelope) -> FleetEvent:

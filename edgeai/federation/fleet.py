@@ -26,6 +26,7 @@ class NodeState:
     epsilon: float | None = None  # ε spent on the device (DP-SGD)
     delta: float | None = None
     p95_ms: float | None = None  # p95 inference latency, batch as served
+    p95_note: str | None = None  # why p95_ms is None (no telemetry yet, nothing served yet)
     last_seen: float | None = None  # Unix time of the last message from the node
     boot_id: str | None = None
 

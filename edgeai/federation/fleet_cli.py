@@ -102,7 +102,14 @@ def _table(nodes: list[NodeState], now: float) -> None:
             _opt(n.p95_ms, "{:.1f}"),
             ago(None if n.last_seen is None else now - n.last_seen),
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    notes: dict[str, list[str]] = {}
+    for n in nodes:
+        if n.p95_note:
+            notes.setdefault(n.p95_note, []).append(n.node)
+    for note, names in notes.items():
+        console.print(f"p95 ms: {note} ({', '.join(names)})", highlight=False)
 
 
 @app.command("status")

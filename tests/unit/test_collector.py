@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from edgeai.agent.metrics import sample
 from edgeai.federation._collector_mqtt import MemorySubscriber
 from edgeai.federation.collector import (
     DUPLICATE,
@@ -26,6 +27,7 @@ from edgeai.federation.collector import (
     open_readonly,
 )
 from edgeai.federation.fleet import FleetView, NodeState
+from edgeai.serving.metrics import ServingMetrics
 from edgeai.telemetry.topics import WILL_SEQ, Envelope, NodeTopics, release_topic
 
 FLEET = "unit"
@@ -149,6 +151,33 @@ def test_status_profile_telemetry_and_events_build_the_node_state(fleet: Fleet) 
     assert events[0].fields == {"run_id": 7, "round": 2, "epsilon": 0.7}
     assert [e.kind for e in fleet.collector.events(since=14)] == ["model_applied"]
     assert [e.ts for e in fleet.collector.events(kinds=["round_joined"])] == [13]
+
+
+def _agent_telemetry(node: str, serving: ServingMetrics, *, seq: int, ts: float) -> Any:
+    """The telemetry message the agent daemon publishes, built by its own code."""
+    values = sample(serving.stats(), {"rss_mb": 80.0}, {"queued": 0, "dropped": 0}, {})
+    body = {"metrics": values, "outbox": {"queued": 0, "dropped": 0}}
+    return message(node, "telemetry", body, seq=seq, ts=ts)
+
+
+def test_p95_reaches_the_fleet_view_once_the_node_has_served(fleet: Fleet) -> None:
+    serving = ServingMetrics(CollectorRegistry(), queue_depth=lambda: 0)
+    fleet.send(online("a", seq=1, ts=10), online("b", seq=1, ts=10))
+    b = fleet.node("b")
+    assert (b.p95_ms, b.p95_note) == (None, "no telemetry received yet")
+
+    fleet.send(_agent_telemetry("a", serving, seq=2, ts=11))
+    a = fleet.node("a")
+    assert (a.p95_ms, a.p95_note) == (None, "no inference served yet")
+
+    for ms in range(1, 21):  # 1 .. 20 ms: p95 is 19.05 ms (numpy's linear percentile)
+        serving.request("rest", "infer", "200", ms / 1000)
+        serving.batch(rows=1, requests=1)
+    fleet.send(_agent_telemetry("a", serving, seq=3, ts=12))
+    a = fleet.node("a")
+    assert a.p95_ms == pytest.approx(19.05)
+    assert a.p95_note is None
+    assert a.as_json()["p95_ms"] == pytest.approx(19.05)
 
 
 def test_the_last_will_sets_offline_at_once_and_a_resent_status_clears_it(fleet: Fleet) -> None:

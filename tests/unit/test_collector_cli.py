@@ -51,8 +51,9 @@ def test_json_rows_are_node_states(db: Path) -> None:
     assert (a["epsilon"], a["p95_ms"], a["delta"]) == (1.25, 7.5, 1e-5)
     assert set(a) == {
         "node", "profile", "online", "model_version", "release", "release_state", "last_round",
-        "epsilon", "delta", "p95_ms", "last_seen", "boot_id",
+        "epsilon", "delta", "p95_ms", "p95_note", "last_seen", "boot_id",
     }  # fmt: skip
+    assert (a["p95_note"], rows[1]["p95_note"]) == (None, "no telemetry received yet")
 
 
 def test_table_shows_one_row_per_node(db: Path) -> None:
@@ -65,6 +66,7 @@ def test_table_shows_one_row_per_node(db: Path) -> None:
         assert cell in row_a
     assert " no " in row_b
     assert "2 h ago" in row_b
+    assert "p95 ms: no telemetry received yet (b)" in lines
 
 
 SERVER = (
