@@ -44,6 +44,7 @@ from edgeai.federation._release_state import (
     save_state,
 )
 from edgeai.federation.fleet import FleetView, NodeState
+from edgeai.models.checkpoint import load_checkpoint
 
 __all__ = [
     "CompileSettings",
@@ -223,6 +224,21 @@ class ReleaseManager:
         )
         for profile, members in sorted(groups.items()):
             release = self._publish(release, checkpoint_or_onnx, profile, members)
+        return release
+
+    def propose_checkpoint(self, path: Path) -> Release | None:
+        """:meth:`propose` a checkpoint of the round loop, at the accuracy it records.
+
+        Raises
+        ------
+        DataError
+            The file is no checkpoint, or records no validation accuracy.
+        """
+        ckpt = load_checkpoint(path)
+        accuracy = ckpt.accuracy()
+        release = self.propose(path, accuracy, ckpt.round or 0)
+        log.info("checkpoint of round %s (accuracy %.4f): %s", ckpt.round, accuracy,
+                 "released" if release else "not released")  # fmt: skip
         return release
 
     def _publish(

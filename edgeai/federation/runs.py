@@ -26,7 +26,7 @@ from edgeai.federation._flower_spec import SPEC_KEY, RunPaths, RunSpec, write_ru
 
 APP_NAME = "edgeai-federation"
 APP_VERSION = "1.0.0"
-SERVER_APP = "edgeai.federation.server_app:app"
+SERVER_APP = "edgeai.fl.server_app:app"
 CLIENT_APP = "edgeai.fl.client_app:app"
 
 

@@ -23,6 +23,7 @@ from edgeai import __version__
 from edgeai.artifacts import ArtifactRepository, ServeHandle, serve
 from edgeai.cache import write_atomic
 from edgeai.discovery import FederationAdvert, ServerInfo
+from edgeai.errors import DataError
 from edgeai.federation._flower_control import ControlAPIError, ControlConnection
 from edgeai.federation._flower_spec import RunPaths, RunSpec, read_status
 from edgeai.federation.broker import ManagedBroker
@@ -31,7 +32,6 @@ from edgeai.federation.config import ServerConfig
 from edgeai.federation.releases import ReleaseManager
 from edgeai.federation.runs import RunStatus, status, submit, write_app_dir
 from edgeai.federation.superlink import SuperLinkProcess
-from edgeai.models.checkpoint import load_checkpoint
 from edgeai.telemetry.mqtt import MqttOptions, PahoTransport
 from edgeai.telemetry.topics import release_topic
 
@@ -264,15 +264,10 @@ class FederationServer:
             if number in self._proposed or not due:
                 continue
             self._proposed.add(number)
-            ckpt = load_checkpoint(path)
-            accuracy = float(str(ckpt.provenance.get("edgeai.validation_accuracy", 0.0)))
-            release = releases.propose(path, accuracy, number)
-            log.info(
-                "checkpoint of round %d (accuracy %.4f): %s",
-                number,
-                accuracy,
-                "released" if release else "not released",
-            )
+            try:
+                releases.propose_checkpoint(path)
+            except DataError as exc:  # never the loop's own checkpoints; say so, go on
+                log.error("checkpoint %s not proposed: %s", path, exc)
 
     def serve_forever(self, tick_s: float = 1.0, exit_when_done: bool = False) -> int:
         """Tick until stopped (or, with ``exit_when_done``, until the run and releases end)."""

@@ -1,227 +1,188 @@
-"""The ServerApp: FedAvg rounds with reply validation and central evaluation."""
+"""The ServerApps: one round loop (:mod:`edgeai.fl.loop`), simulated or deployed.
+
+- :func:`make_server_app` builds the simulation's app (``edgeai simulate`` hands it to
+  Flower's Simulation Engine), reporting to the sinks it is given.
+- :data:`app` is the deployed one. The SuperLink starts it
+  (``serverapp = "edgeai.fl.server_app:app"`` in the app's ``pyproject.toml``, see
+  :mod:`edgeai.federation.runs`); its run config carries one key, ``spec``: the path of
+  the :class:`~edgeai.federation._flower_spec.RunSpec` JSON. It resumes from the run's
+  newest checkpoint and plugs in a checkpoint, a ``rounds.jsonl`` line and a
+  ``status.json`` update per round.
+"""
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from edgeai.data.datasets import load_dataset
-from edgeai.fl.client_app import plan_config
-from edgeai.fl.plan import ClientPlan
-from edgeai.fl.strategy import (
-    ClientLevelDPFedAvg,
-    RoundStats,
-    ServerBudgetExhaustedError,
-    ValidatingFedAvg,
+from edgeai.errors import ConfigError, DataError
+from edgeai.federation._flower_spec import (
+    SPEC_KEY,
+    RunPaths,
+    RunSpec,
+    RunState,
+    read_run_spec,
+    write_status,
 )
-from edgeai.fl.training import evaluate
-from edgeai.fl.validation import reference_of
-from edgeai.models import build_model
-from edgeai.privacy.config import CentralPrivacyConfig
+from edgeai.fl.loop import RoundLoop, RoundSink, ServerPlan, Start
+from edgeai.fl.plan import ClientPlan
+from edgeai.fl.records import FinalState
+from edgeai.fl.sinks import CheckpointSink, RoundLogSink
+from edgeai.models.checkpoint import (
+    EPSILON_KEY,
+    RUN_ID_KEY,
+    SPEC_FINGERPRINT_KEY,
+    Checkpoint,
+    load_checkpoint,
+)
+from edgeai.simulation.config import Experiment
+
+log = logging.getLogger(__name__)
+app = ServerApp()
 
 
-@dataclass(frozen=True)
-class ServerPlan:
-    """How the server runs the federation."""
-
-    client: ClientPlan
-    num_clients: int
-    clients_per_round: int
-    round_timeout_s: float = 600.0
-    max_examples: int = 1_000_000
-    central: CentralPrivacyConfig = field(default_factory=CentralPrivacyConfig)
-    # Client-level DP accountant state, persisted every round (a restart resumes it).
-    central_state_path: Path | None = None
-
-
-@dataclass(frozen=True)
-class RoundRecord:
-    """One line of ``metrics.jsonl``."""
-
-    round: int
-    accuracy: float
-    loss: float
-    epsilon: float | None
-    client_epsilon: float | None
-    bytes_up: int
-    bytes_down: int
-    seconds: float
-    train_loss: float | None
-    sampled: int
-    accepted: int
-    rejected: int
-    failed: int
-    refused: int = 0  # devices whose privacy budget is exhausted
-    delta: float | None = None  # δ of the device-level ε (None without DP-SGD)
-    client_delta: float | None = None  # δ of the client-level ε
-    problems: tuple[str, ...] = ()  # why replies failed, were rejected or refused (first few)
-
-    @classmethod
-    def of(  # noqa: PLR0917  (the round's numbers, in the order of the record)
-        cls,
-        server_round: int,
-        accuracy: float,
-        loss: float,
-        epsilon: float | None,
-        stats: RoundStats,
-        seconds: float,
-        delta: float | None,
-        client_delta: float | None,
-    ) -> RoundRecord:
-        """The record of a round from its evaluation and the strategy's statistics."""
-        return cls(
-            round=server_round,
-            accuracy=accuracy,
-            loss=loss,
-            epsilon=epsilon,
-            client_epsilon=stats.client_epsilon,
-            bytes_up=stats.bytes_up,
-            bytes_down=stats.bytes_down,
-            seconds=seconds,
-            train_loss=stats.train_loss,
-            sampled=stats.sampled,
-            accepted=stats.accepted,
-            rejected=stats.rejected,
-            failed=stats.failed,
-            refused=stats.refused,
-            delta=delta,
-            client_delta=client_delta,
-            problems=tuple(stats.reasons[:5]),
-        )
+def client_plan(exp: Experiment) -> tuple[ClientPlan, int]:
+    """The plan every client receives (the data's shape filled in), and the training-set size."""
+    split = load_dataset(exp.data.dataset, exp.data.validation_fraction, exp.data.split_seed)
+    return ClientPlan(
+        model=exp.model.name,
+        input_shape=split.train.input_shape,
+        num_classes=split.train.num_classes,
+        data=exp.data,
+        training=exp.training,
+        privacy=exp.privacy,
+        num_rounds=exp.federation.rounds,
+        seed=exp.seed,
+    ), len(split.train)
 
 
-@dataclass(frozen=True)
-class FinalState:
-    """What the server hands back when the run ends."""
+def make_server_app(plan: ServerPlan, sinks: Sequence[RoundSink]) -> ServerApp:
+    """A ServerApp that runs ``plan`` from round 1 and reports to ``sinks`` (simulation)."""
+    sim_app = ServerApp()
 
-    arrays: ArrayRecord
-    rejected_total: int
-    # node id -> latest DP report of that client (epsilon, delta, noise-multiplier, ...)
-    client_privacy: dict[int, dict[str, float]]
-    stopped: str | None = None  # why the run ended before its last round
-    # client-level DP: z, q, rounds, δ, ε and the accountant, to recompute ε independently
-    client_level: dict[str, Any] | None = None
-
-
-RoundObserver = Callable[[RoundRecord], None]
-FinishObserver = Callable[[FinalState], None]
-
-
-class _BudgetsExhaustedError(Exception):
-    # Ends Flower's round loop from inside it: every sampled device refused to train.
-    def __init__(self, server_round: int) -> None:
-        super().__init__(
-            f"stopped after round {server_round}: every sampled device's privacy budget "
-            "is exhausted"
-        )
-
-
-def make_server_app(
-    plan: ServerPlan, on_round: RoundObserver, on_finish: FinishObserver
-) -> ServerApp:
-    """Build a ServerApp that reports each round to ``on_round`` and the model to ``on_finish``."""
-    app = ServerApp()
-
-    @app.main()
+    @sim_app.main()
     def main(grid: Grid, context: Context) -> None:  # noqa: ARG001  (Flower's signature)
-        cp = plan.client
-        random.seed(cp.seed)  # Flower samples nodes with the global `random`
-        split = load_dataset(cp.data.dataset, cp.data.validation_fraction, cp.data.split_seed)
-        model = build_model(cp.model, cp.input_shape, cp.num_classes, seed=cp.seed)
-        initial = ArrayRecord(model.state_dict())
-        common: dict[str, Any] = {
-            "reference": reference_of({k: v.numpy() for k, v in initial.items()}),
-            "max_examples": plan.max_examples,
-            "fraction_train": plan.clients_per_round / plan.num_clients,
-            "min_train_nodes": plan.clients_per_round,
-            "min_available_nodes": plan.num_clients,
-            "fraction_evaluate": 0.0,  # central evaluation on the validation split instead
-        }
-        strategy: ValidatingFedAvg
-        if plan.central.enabled:
-            strategy = ClientLevelDPFedAvg(
-                central=plan.central,
-                num_clients=plan.num_clients,
-                clients_per_round=plan.clients_per_round,
-                num_rounds=cp.num_rounds,
-                state_path=plan.central_state_path,
-                seed=cp.seed,
-                **common,
-            )
+        RoundLoop(plan, Start(seed=plan.client.seed), sinks).run(grid)
+
+    return sim_app
+
+
+# -- the deployed run -----------------------------------------------------------------------
+
+
+class StatusSink(RoundSink):
+    """Keeps the run's ``status.json`` saying what it does, for the server and operators."""
+
+    def __init__(self, paths: RunPaths, run_id: int) -> None:
+        self.paths = paths
+        self.run_id = run_id
+
+    def write(self, state: RunState, **fields: object) -> None:
+        """Replace ``status.json`` with ``state`` and ``fields``."""
+        write_status(self.paths, state, run_id=self.run_id, **fields)
+
+    def round_started(self, server_round: int, needed: int) -> None:  # noqa: D102
+        self.write("waiting-for-nodes", round=server_round, needed=needed)
+
+    def round_sampled(self, server_round: int, sampled: int) -> None:  # noqa: D102
+        self.write("running", round=server_round, sampled=sampled)
+
+    def run_failed(self, server_round: int, error: Exception) -> None:  # noqa: D102
+        self.write("failed", round=server_round, reason=str(error))
+
+    def run_ended(self, final: FinalState) -> None:  # noqa: D102
+        if final.stopped is not None:
+            self.write("stopped", round=final.round, reason=final.stopped)
         else:
-            strategy = ValidatingFedAvg(**common)
-        worst_eps: float | None = None  # ε only grows, so the worst device so far
-        started = time.perf_counter()
-        latest = initial
+            self.write("finished", round=final.round, first_round=final.first_round)
 
-        def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            nonlocal worst_eps, started, latest
-            model.load_state_dict(arrays.to_torch_state_dict())
-            accuracy, loss = evaluate(model, split.validation)
-            if server_round > 0:
-                stats = strategy.stats.get(server_round, RoundStats())
-                if stats.epsilon is not None:
-                    worst_eps = max(stats.epsilon, worst_eps or 0.0)
-                now = time.perf_counter()
-                on_round(
-                    RoundRecord.of(
-                        server_round,
-                        accuracy,
-                        loss,
-                        worst_eps,
-                        stats,
-                        now - started,
-                        cp.privacy.delta if cp.privacy.enabled else None,
-                        plan.central.delta if plan.central.enabled else None,
-                    )
-                )
-                started = now
-                latest = arrays
-                if stats.sampled and stats.refused == stats.sampled:
-                    raise _BudgetsExhaustedError(server_round)
-            return MetricRecord({"accuracy": accuracy, "loss": loss})
 
-        stopped = None
+def latest_checkpoint(paths: RunPaths, spec: RunSpec) -> Checkpoint | None:
+    """The newest readable checkpoint of this run, or None to start from round 1.
+
+    Raises
+    ------
+    ConfigError
+        The checkpoints belong to a different model, data set or seed.
+    """
+    for path in reversed(paths.checkpoint_files()):
         try:
-            strategy.start(
-                grid=grid,
-                initial_arrays=initial,
-                num_rounds=cp.num_rounds,
-                timeout=plan.round_timeout_s,
-                train_config=plan_config(cp),
-                evaluate_fn=evaluate_fn,
+            ckpt = load_checkpoint(path)
+        except DataError as exc:  # writes are atomic; still, never die on one bad file
+            log.warning("skipping unreadable checkpoint %s: %s", path, exc)
+            continue
+        if ckpt.provenance.get(SPEC_FINGERPRINT_KEY) != spec.fingerprint():
+            raise ConfigError(
+                f"{path} was written by a run of another model, data set or seed "
+                f"(spec {ckpt.provenance.get(SPEC_FINGERPRINT_KEY)}, this one "
+                f"{spec.fingerprint()}); use a new out_dir, or remove its checkpoints to "
+                "start over"
             )
-        except (_BudgetsExhaustedError, ServerBudgetExhaustedError) as exc:
-            stopped = str(exc)
-        client_level = None
-        if isinstance(strategy, ClientLevelDPFedAvg):
-            client_level = {
-                "scope": "client-level DP on the server (DP-FedAvg), per participating device",
-                "noise_multiplier": strategy.noise_multiplier,
-                "sample_rate": strategy.sample_rate,
-                "rounds": sum(h[2] for h in strategy.accountant.history),
-                "history": strategy.accountant.history,
-                "clip_norm": plan.central.clip_norm,
-                "delta": plan.central.delta,
-                "epsilon": strategy.epsilon(),
-                "accountant": "rdp (dp-accounting), Poisson-sampled Gaussian",
-                "sampling": "poisson",
-            }
-        on_finish(
-            FinalState(
-                arrays=latest,
-                rejected_total=strategy.rejected_total,
-                client_privacy=strategy.client_privacy,
-                stopped=stopped,
-                client_level=client_level,
-            )
-        )
+        return ckpt
+    return None
 
-    return app
+
+def resume_point(paths: RunPaths, spec: RunSpec) -> Start:
+    """Round 1, or the round after the run's newest checkpoint, with its weights and ε."""
+    seed = spec.experiment.seed
+    ckpt = latest_checkpoint(paths, spec)
+    if ckpt is None:
+        return Start(round=1, seed=seed + 1)
+    first = int(ckpt.round or 0) + 1
+    eps = ckpt.provenance.get(EPSILON_KEY)
+    log.info("resuming from %s: round %d", paths.checkpoint(first - 1), first)
+    # Reseeded per first round: a resumed run must not replay its first rounds' sampling.
+    return Start(
+        round=first,
+        seed=seed + first,
+        state=ckpt.state(),
+        worst_epsilon=float(eps) if isinstance(eps, (int, float)) else None,
+    )
+
+
+def run_deployed(grid: Grid, spec: RunSpec, run_id: int) -> FinalState:
+    """Train ``spec`` on the connected nodes, resuming from its newest checkpoint.
+
+    Raises
+    ------
+    NotEnoughNodesError
+        Fewer than ``spec.needed_nodes`` connected within ``spec.node_wait_s``.
+    """
+    exp, paths = spec.experiment, RunPaths(spec.out_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    status = StatusSink(paths, run_id)
+    status.write("starting")
+    client, _ = client_plan(exp)
+    plan = ServerPlan(
+        client=client,
+        num_clients=exp.federation.num_clients,
+        clients_per_round=exp.federation.per_round,
+        round_timeout_s=exp.federation.round_timeout_s,
+        max_examples=spec.max_examples,
+        central=exp.central_privacy,
+        central_state_path=paths.client_dp_state,
+        min_nodes=spec.needed_nodes,
+        node_wait_s=spec.node_wait_s,
+        reply_poll_s=spec.reply_poll_s,
+    )
+    provenance = {SPEC_FINGERPRINT_KEY: spec.fingerprint(), RUN_ID_KEY: run_id}
+    sinks = [
+        CheckpointSink(client, paths.checkpoint, provenance),
+        RoundLogSink(paths.rounds, {"run_id": run_id}),
+        status,
+    ]
+    return RoundLoop(plan, resume_point(paths, spec), sinks).run(grid)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower's entry point: read the spec named by the run config and train it."""
+    raw = context.run_config.get(SPEC_KEY)
+    if not raw:
+        raise ConfigError(f"run config has no {SPEC_KEY!r}: submit runs with edgeai's submit()")
+    run_deployed(grid, read_run_spec(Path(str(raw))), context.run_id)

@@ -24,6 +24,20 @@ FORMAT = "edgeai-checkpoint"
 VERSION = 1
 _META = "__meta__"
 
+# Provenance keys: the round loop writes them into every checkpoint (and the exported ONNX's
+# metadata), the release proposal and ``edgeai compile`` read them. One name each, here.
+ROUND_KEY = "edgeai.round"
+ACCURACY_KEY = "edgeai.validation_accuracy"
+LOSS_KEY = "edgeai.validation_loss"
+EPSILON_KEY = "edgeai.epsilon"
+DELTA_KEY = "edgeai.delta"
+CLIENT_EPSILON_KEY = "edgeai.client_epsilon"
+CLIENT_DELTA_KEY = "edgeai.client_delta"
+EXPERIMENT_KEY = "edgeai.experiment"
+# A deployed run's bookkeeping (a resume must match the spec's fingerprint).
+SPEC_FINGERPRINT_KEY = "spec"
+RUN_ID_KEY = "run_id"
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -40,6 +54,23 @@ class Checkpoint:
     def state(self) -> dict[str, NDArray[Any]]:
         """The weights by ``state_dict`` key."""
         return dict(zip(self.names, self.arrays, strict=True))
+
+    def accuracy(self) -> float:
+        """The validation accuracy recorded when the checkpoint was written.
+
+        Raises
+        ------
+        DataError
+            It records none (it was not written by edgeai's round loop or simulation).
+        """
+        value = self.provenance.get(ACCURACY_KEY)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DataError(
+                f"checkpoint of round {self.round} records no validation accuracy "
+                f"({ACCURACY_KEY!r} is {value!r}); propose a checkpoint written by a "
+                "training run, or an ONNX model with its accuracy"
+            )
+        return float(value)
 
 
 def save_checkpoint(ckpt: Checkpoint, path: Path) -> Path:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgeai.fl.server_app import RoundRecord
+from edgeai.fl.records import RoundRecord
 from edgeai.simulation.config import Experiment
 from edgeai.simulation.outputs import write_outputs
 from edgeai.simulation.runner import SimulationResult, run_experiment

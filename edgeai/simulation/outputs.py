@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from edgeai.fl.server_app import RoundRecord
+from edgeai.fl.records import RoundRecord
 from edgeai.simulation.runner import SimulationResult
 
 
@@ -91,7 +91,11 @@ def privacy_summary(result: SimulationResult) -> dict[str, Any] | None:
 def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     """Write the output contract of DESIGN.md §5 into ``out_dir``; return the paths."""
     from edgeai.models import build_model  # noqa: PLC0415  (torch)
-    from edgeai.models.checkpoint import checkpoint_from_state, save_checkpoint  # noqa: PLC0415
+    from edgeai.models.checkpoint import (  # noqa: PLC0415
+        EXPERIMENT_KEY,
+        checkpoint_from_state,
+        save_checkpoint,
+    )
     from edgeai.models.export import export_onnx  # noqa: PLC0415
 
     if result.final is None:
@@ -106,15 +110,7 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     model = build_model(plan.model, plan.input_shape, plan.num_classes)
     model.load_state_dict(result.final.arrays.to_torch_state_dict())
     last = result.rounds[-1]
-    provenance = {
-        "edgeai.experiment": exp.name,
-        "edgeai.round": last.round,
-        "edgeai.validation_accuracy": last.accuracy,
-        "edgeai.epsilon": last.epsilon,
-        "edgeai.delta": exp.privacy.delta if exp.privacy.enabled else None,
-        "edgeai.client_epsilon": last.client_epsilon,
-        "edgeai.client_delta": exp.central_privacy.delta if exp.central_privacy.enabled else None,
-    }
+    provenance = {EXPERIMENT_KEY: exp.name, **last.provenance()}
     paths["model"] = export_onnx(model, plan.input_shape, out_dir / "model.onnx", provenance)
     ckpt = checkpoint_from_state(
         plan.model,

@@ -14,11 +14,12 @@ from typing import Any
 
 from flwr.clientapp import ClientApp
 
-from edgeai.data.datasets import load_dataset
 from edgeai.errors import SimulationError
 from edgeai.fl.client_app import app as default_client_app
+from edgeai.fl.loop import RoundOutcome, RoundSink, ServerPlan
 from edgeai.fl.plan import ClientPlan
-from edgeai.fl.server_app import FinalState, RoundRecord, ServerPlan, make_server_app
+from edgeai.fl.records import FinalState, RoundRecord
+from edgeai.fl.server_app import client_plan, make_server_app
 from edgeai.simulation.config import Experiment
 from edgeai.simulation.engine import init_ray
 from edgeai.simulation.warm import start_warming
@@ -37,19 +38,35 @@ class SimulationResult:
     ledger_dir: Path | None = None
 
 
-def client_plan(exp: Experiment) -> tuple[ClientPlan, int]:
-    """The plan every client receives (the data's shape filled in), and the training-set size."""
-    split = load_dataset(exp.data.dataset, exp.data.validation_fraction, exp.data.split_seed)
-    return ClientPlan(
-        model=exp.model.name,
-        input_shape=split.train.input_shape,
-        num_classes=split.train.num_classes,
-        data=exp.data,
-        training=exp.training,
-        privacy=exp.privacy,
-        num_rounds=exp.federation.rounds,
-        seed=exp.seed,
-    ), len(split.train)
+class _ResultSink(RoundSink):
+    """Collects the rounds and the final state into ``result``; tells ``on_round`` of each."""
+
+    def __init__(
+        self,
+        result: SimulationResult,
+        on_round: Callable[[RoundRecord], None] | None,
+        t0: float,
+    ) -> None:
+        self.result = result
+        self.on_round = on_round
+        self.first_round_end = t0
+
+    def round_done(self, outcome: RoundOutcome) -> None:
+        """Keep the record; a round nobody could contribute to ends the simulation."""
+        record = outcome.record
+        if record.accepted == 0 and record.refused == 0:
+            # Nothing to aggregate: a misconfigured client fails the same way every round.
+            first = record.problems[0] if record.problems else "no replies"
+            raise SimulationError(f"round {record.round}: no client reply was usable; {first}")
+        if not self.result.rounds:
+            self.first_round_end = time.perf_counter()
+        self.result.rounds.append(record)
+        if self.on_round is not None:
+            self.on_round(record)
+
+    def run_ended(self, final: FinalState) -> None:
+        """Keep the final model and privacy state."""
+        self.result.final = final
 
 
 def backend_config(exp: Experiment) -> dict[str, Any]:
@@ -86,23 +103,7 @@ def run_experiment(
         plan = plan.model_copy(update={"ledger_dir": str(ledger_dir)})
     result = SimulationResult(experiment=exp, plan=plan, ledger_dir=ledger_dir)
 
-    first_round_end = t0
-
-    def round_done(record: RoundRecord) -> None:
-        nonlocal first_round_end
-        if record.accepted == 0 and record.refused == 0:
-            # Nothing to aggregate: a misconfigured client fails the same way every round.
-            first = record.problems[0] if record.problems else "no replies"
-            raise SimulationError(f"round {record.round}: no client reply was usable; {first}")
-        if not result.rounds:
-            first_round_end = time.perf_counter()
-        result.rounds.append(record)
-        if on_round is not None:
-            on_round(record)
-
-    def finished(state: FinalState) -> None:
-        result.final = state
-
+    sink = _ResultSink(result, on_round, t0)
     server_plan = ServerPlan(
         client=plan,
         num_clients=exp.federation.num_clients,
@@ -121,7 +122,7 @@ def run_experiment(
         warnings.simplefilter("ignore")  # run_simulation's deprecation notice; see ARCHITECTURE.md
         try:
             run_simulation(
-                server_app=make_server_app(server_plan, round_done, finished),
+                server_app=make_server_app(server_plan, [sink]),
                 client_app=client_app or default_client_app,
                 num_supernodes=exp.federation.num_clients,
                 backend_config=backend_config(exp),
@@ -138,5 +139,5 @@ def run_experiment(
     result.total_seconds = time.perf_counter() - t0
     # Start-up: to the end of round 1, less what a steady round takes (round 1 itself).
     steady = sorted(r.seconds for r in result.rounds[1:]) or [0.0]
-    result.startup_seconds = first_round_end - t0 - steady[len(steady) // 2]
+    result.startup_seconds = sink.first_round_end - t0 - steady[len(steady) // 2]
     return result

@@ -70,6 +70,10 @@ def test_every_agent_serves_the_release_and_fleet_status_shows_it(fleet: Demo) -
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert all(r["accepted"] == 3 and r["rejected"] == 0 for r in rounds)
     assert rounds[-1]["epsilon"] <= 8.0 + 1e-9
+    # The release was gated at the accuracy its round measured (never a default 0.0).
+    [served] = [r for r in status["releases"]["releases"] if r["release"] == release]
+    assert served["accuracy"] == pytest.approx(rounds[served["round"] - 1]["accuracy"])
+    assert served["accuracy"] > 0.0
 
 
 def test_tritonclient_gets_the_released_model_from_each_agent(fleet: Demo, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from edgeai.federation._flower_spec import write_status
 from edgeai.federation.config import load_server_config
 from edgeai.federation.runs import RunStatus
 from edgeai.federation.server import FederationServer
+from tests.unit.test_releases import X86, Harness, loop_checkpoint
 
 
 @pytest.fixture
@@ -60,3 +61,29 @@ def test_completed_and_stopped_runs_are_left_alone(
         srv.run_status = RunStatus(9, "finished", sub_status, "")
         srv._resubmit_if_cut_off()
     assert submitted == []
+
+
+def test_the_server_proposes_the_loops_checkpoints_and_the_gate_refuses_a_worse_one(
+    server: tuple[FederationServer, list[int]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    srv, _ = server
+    h = Harness(tmp_path / "releases", accuracy_margin=0.01)
+    h.fleet.add("a1", X86)
+    srv.releases = h.manager
+    checkpoints = srv.run_paths.checkpoints
+    loop_checkpoint(checkpoints, 1, 0.80)
+    srv.run_status = RunStatus(7, "finished", "completed", "")
+    with caplog.at_level(logging.INFO, logger="edgeai.federation.releases"):
+        srv._propose_due()  # the last checkpoint of a completed run is due
+        [release] = h.manager.releases()
+        assert (release.round, release.accuracy) == (1, 0.80)
+        h.fleet.report("a1", 1)
+        h.manager.step()
+        loop_checkpoint(checkpoints, 2, 0.75)  # a resumed run's last round: worse by 0.05
+        srv._propose_due()
+    assert [r.release for r in h.manager.releases()] == [1]
+    logged = [r.getMessage() for r in caplog.records]
+    assert "checkpoint of round 1 (accuracy 0.8000): released" in logged
+    assert "checkpoint of round 2 (accuracy 0.7500): not released" in logged

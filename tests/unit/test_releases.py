@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord
 
 from edgeai.artifacts import ArtifactRepository
-from edgeai.errors import CompileError
+from edgeai.errors import CompileError, DataError
 from edgeai.federation._release_state import canary_count, load_state
 from edgeai.federation.fleet import FleetEvent, NodeState
 from edgeai.federation.releases import (
@@ -24,6 +26,13 @@ from edgeai.federation.releases import (
     ReleaseManager,
     choose_canaries,
 )
+from edgeai.fl.loop import RoundOutcome
+from edgeai.fl.plan import ClientPlan, DataConfig, TrainingConfig
+from edgeai.fl.records import RoundRecord
+from edgeai.fl.sinks import CheckpointSink
+from edgeai.fl.strategy import RoundStats
+from edgeai.models.checkpoint import checkpoint_from_state, save_checkpoint
+from edgeai.privacy.config import PrivacyConfig
 
 X86, RPI = "x86-64-avx2", "rpi5"
 
@@ -105,6 +114,19 @@ class Harness:
             compile_fn=self.compiler, clock=self.clock,
         )  # fmt: skip
         return self.manager
+
+
+def loop_checkpoint(directory: Path, server_round: int, accuracy: float) -> Path:
+    """A checkpoint written as the round loop writes it: through its checkpoint sink."""
+    plan = ClientPlan(model="dp-cnn-tiny", input_shape=(1, 28, 28), num_classes=10,
+                      data=DataConfig(), training=TrainingConfig(), privacy=PrivacyConfig(),
+                      num_rounds=server_round)  # fmt: skip
+    path_of = lambda r: directory / f"round-{r:04d}.npz"  # noqa: E731
+    stats = RoundStats(sampled=3, accepted=3, bytes_up=12, bytes_down=12, train_loss=0.4)
+    record = RoundRecord.of(server_round, accuracy, 0.3, 2.5, stats, 1.0, 1e-5, None)
+    arrays = ArrayRecord({"w": Array(np.full(3, server_round, np.float32))})
+    CheckpointSink(plan, path_of).round_done(RoundOutcome(record, arrays, 0, 1.0, {}))
+    return path_of(server_round)
 
 
 @pytest.fixture
@@ -331,3 +353,37 @@ def test_a_crash_before_signing_leaves_a_wave_that_times_out_harmlessly(
     assert change.state == "revoked"
     assert (h.repo.releases(X86), h.repo.revoked(X86)) == ([], {})
     assert restarted.propose(h.model, 0.9, round=2).release == 2  # type: ignore[union-attr]
+
+
+def test_a_loop_checkpoint_is_gated_at_the_accuracy_the_loop_recorded(tmp_path: Path):
+    h = Harness(tmp_path, accuracy_margin=0.01)
+    h.fleet.add("a1", X86)
+    first = h.manager.propose_checkpoint(loop_checkpoint(tmp_path / "ckpt", 4, 0.90))
+    assert first is not None
+    assert (first.release, first.round, first.accuracy) == (1, 4, 0.90)
+    h.fleet.report("a1", 1)
+    h.manager.step()
+    assert h.manager.serving() == h.manager.releases()[0]
+    # 0.02 below the serving release, past the margin: refused (read as 0.0, both would pass).
+    assert h.manager.propose_checkpoint(loop_checkpoint(tmp_path / "ckpt", 5, 0.88)) is None
+    assert h.compiler.calls == [(X86, "r1")]
+    within = h.manager.propose_checkpoint(loop_checkpoint(tmp_path / "ckpt", 6, 0.895))
+    assert within is not None
+    assert (within.release, within.accuracy) == (2, 0.895)
+
+
+def test_a_checkpoint_that_records_no_accuracy_is_not_proposed_as_zero(tmp_path: Path):
+    h = Harness(tmp_path)
+    h.fleet.add("a1", X86)
+    old = checkpoint_from_state(
+        "dp-cnn-tiny",
+        (1, 28, 28),
+        10,
+        {"w": np.zeros(3, np.float32)},
+        round_=3,
+        provenance={"accuracy": 0.9},
+    )  # the old deployed key
+    path = save_checkpoint(old, tmp_path / "round-0003.npz")
+    with pytest.raises(DataError, match="records no validation accuracy"):
+        h.manager.propose_checkpoint(path)
+    assert h.manager.releases() == ()

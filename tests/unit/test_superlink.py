@@ -18,9 +18,15 @@ from edgeai.federation._flower_spec import RunPaths, RunSpec, read_run_spec, wri
 from edgeai.federation._flower_tls import generate_tls
 from edgeai.federation.enroll import generate_node_key, read_public_key
 from edgeai.federation.runs import app_pyproject
-from edgeai.federation.server_app import latest_checkpoint, send_and_receive
 from edgeai.federation.superlink import SuperLinkConfig, flower_env, superlink_argv
-from edgeai.models.checkpoint import checkpoint_from_state, save_checkpoint
+from edgeai.fl.loop import send_and_receive
+from edgeai.fl.server_app import latest_checkpoint, resume_point
+from edgeai.models.checkpoint import (
+    EPSILON_KEY,
+    SPEC_FINGERPRINT_KEY,
+    checkpoint_from_state,
+    save_checkpoint,
+)
 from edgeai.simulation.config import Experiment
 
 
@@ -89,7 +95,7 @@ def test_bad_public_keys_are_refused(tmp_path: Path) -> None:
 
 def test_app_pyproject_names_our_components() -> None:
     text = app_pyproject()
-    assert 'serverapp = "edgeai.federation.server_app:app"' in text
+    assert 'serverapp = "edgeai.fl.server_app:app"' in text
     assert 'clientapp = "edgeai.fl.client_app:app"' in text
     assert 'spec = ""' in text
 
@@ -169,6 +175,7 @@ def test_resume_takes_the_newest_checkpoint_of_the_same_spec(tmp_path: Path) -> 
     spec = _spec(tmp_path)
     paths = RunPaths(tmp_path)
     assert latest_checkpoint(paths, spec) is None
+    assert resume_point(paths, spec).round == 1
     for rnd in (1, 2):
         ckpt = checkpoint_from_state(
             "dp-cnn-tiny",
@@ -176,13 +183,15 @@ def test_resume_takes_the_newest_checkpoint_of_the_same_spec(tmp_path: Path) -> 
             10,
             {"w": np.full(3, rnd, np.float32)},
             round_=rnd,
-            provenance={"spec": spec.fingerprint(), "epsilon": 0.5 * rnd},
+            provenance={SPEC_FINGERPRINT_KEY: spec.fingerprint(), EPSILON_KEY: 0.5 * rnd},
         )
         save_checkpoint(ckpt, paths.checkpoint(rnd))
     paths.checkpoint(3).write_bytes(b"torn")  # unreadable: skipped, not fatal
     found = latest_checkpoint(paths, spec)
     assert found is not None
     assert found.round == 2
-    assert found.provenance["epsilon"] == 1.0
+    assert found.provenance[EPSILON_KEY] == 1.0
+    start = resume_point(paths, spec)
+    assert (start.round, start.seed, start.worst_epsilon) == (3, spec.experiment.seed + 3, 1.0)
     with pytest.raises(ConfigError, match="another model, data set or seed"):
         latest_checkpoint(paths, _spec(tmp_path, seed=1))
