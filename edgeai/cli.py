@@ -97,8 +97,7 @@ def simulate(
     (Ray), with DP-SGD on every virtual device when the experiment enables it,
     and writes metrics.jsonl, summary.json, model.onnx and plots to --out.
     """
-    from edgeai.data import load_dataset  # noqa: PLC0415
-    from edgeai.simulation.config import load_experiment  # noqa: PLC0415
+    from edgeai.simulation.config import check_experiment_data, load_experiment  # noqa: PLC0415
     from edgeai.simulation.engine import boot  # noqa: PLC0415
     from edgeai.simulation.warm import start_warming  # noqa: PLC0415
 
@@ -109,8 +108,9 @@ def simulate(
         overrides["simulation.ray_address"] = ray_address
     try:
         exp = load_experiment(experiment, overrides)
-        # Read the data now: a bad file should fail before Ray and torch start.
-        load_dataset(exp.data.dataset, exp.data.validation_fraction, exp.data.split_seed)
+        # Read the data now: a bad file or a fleet bigger than the data should fail
+        # before Ray and torch start.
+        check_experiment_data(exp, experiment)
     except EdgeAIError as exc:
         raise fail(exc) from None
     start_warming(exp)  # partitions and DP noise, while Ray starts and torch imports

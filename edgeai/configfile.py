@@ -17,16 +17,30 @@ F = TypeVar("F", bound="Frozen")
 
 
 class Frozen(BaseModel):
-    """Base of every config model: immutable, and unknown keys are errors (typos)."""
+    """Base of every config model: immutable, unknown keys are errors (typos).
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    TOML and YAML both spell infinity and NaN (``inf``, ``.nan``); no setting of ours
+    means either, and ``target_epsilon = inf`` used to pass ``gt=0`` and fail later.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def read_mapping(path: Path) -> dict[str, Any]:
     """Parse a TOML or YAML file into a dict, naming the file in every error."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}, line {line}); save the file as UTF-8"
+        ) from exc
     try:
         if path.suffix == ".toml":
             data: Any = tomllib.loads(text)

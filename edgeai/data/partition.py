@@ -40,6 +40,28 @@ class PartitionSpec(Frozen):
         return self
 
 
+def check_partitionable(
+    labels: NDArray[np.int64], num_partitions: int, spec: PartitionSpec
+) -> None:
+    """Raise :class:`ConfigError` when ``labels`` cannot be split as asked (cheap: no split).
+
+    Run before a simulation starts, so a fleet larger than the data fails in a line,
+    not in every Ray worker.
+    """
+    if num_partitions < 1:
+        raise ConfigError(f"num_partitions must be >= 1; got {num_partitions}")
+    if num_partitions > len(labels):
+        raise ConfigError(
+            f"{num_partitions} clients but only {len(labels)} training samples; "
+            f"use at most {len(labels)} clients (federation.num_clients) or more data"
+        )
+    num_classes = len(np.unique(labels))
+    if spec.kind == "labels" and spec.labels_per_client > num_classes:
+        raise ConfigError(
+            f"labels_per_client = {spec.labels_per_client} but the data has {num_classes} classes"
+        )
+
+
 def partition_indices(
     labels: NDArray[np.int64], num_partitions: int, spec: PartitionSpec
 ) -> list[NDArray[np.int64]]:
@@ -55,15 +77,7 @@ def partition_indices(
         PathologicalPartitioner,
     )
 
-    if num_partitions < 1:
-        raise ConfigError(f"num_partitions must be >= 1; got {num_partitions}")
-    if num_partitions > len(labels):
-        raise ConfigError(f"{num_partitions} clients but only {len(labels)} training samples")
-    num_classes = len(np.unique(labels))
-    if spec.kind == "labels" and spec.labels_per_client > num_classes:
-        raise ConfigError(
-            f"labels_per_client = {spec.labels_per_client} but the data has {num_classes} classes"
-        )
+    check_partitionable(labels, num_partitions, spec)
     order = np.arange(len(labels))
     if spec.kind == "iid":
         # IidPartitioner takes contiguous shards: shuffle first so the shards are random.

@@ -16,12 +16,15 @@ app = typer.Typer(no_args_is_help=True)
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The server's federation.toml.")]
 
 
-def _load(config: Path) -> ServerConfig:
+def _load(config: Path, *, check_inputs: bool = False) -> ServerConfig:
     from edgeai.errors import EdgeAIError  # noqa: PLC0415
-    from edgeai.federation.config import load_server_config  # noqa: PLC0415
+    from edgeai.federation.config import check_server_inputs, load_server_config  # noqa: PLC0415
 
     try:
-        return load_server_config(config)
+        cfg = load_server_config(config)
+        if check_inputs:
+            check_server_inputs(cfg, config)
+        return cfg
     except EdgeAIError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -45,7 +48,7 @@ def run(
     from edgeai.logs import configure  # noqa: PLC0415
 
     configure(log_level)
-    server = FederationServer(_load(config))
+    server = FederationServer(_load(config, check_inputs=True))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.request_stop())
     try:

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edgeai.configfile import Frozen, anchor_fields, anchored, parse, read_mapping
 from edgeai.discovery.config import DiscoveryConfig
+from edgeai.errors import ConfigError, EdgeAIError
 from edgeai.federation.broker import BrokerConfig
 from edgeai.federation.collector import CollectorConfig
 from edgeai.federation.releases import ReleaseConfig
@@ -116,3 +117,73 @@ def load_server_config(path: Path) -> ServerConfig:
         anchor = base if section == "run" else state  # the experiment is the operator's file
         updates[section] = anchor_fields(part, keys, anchor)
     return cfg.model_copy(update=updates)
+
+
+def _inputs(cfg: ServerConfig) -> list[tuple[str, Path | None, str]]:
+    """Files the operator supplies (field, path, what it must be); the rest the server makes."""
+    link, broker, coll = cfg.superlink, cfg.broker, cfg.collector
+    pem = "a PEM file"
+    inputs: list[tuple[str, Path | None, str]] = [
+        ("releases.calibration", cfg.releases.calibration, "an .npz with X and y"),
+        ("superlink.ssl_certfile", link.ssl_certfile, pem),
+        ("superlink.ssl_keyfile", link.ssl_keyfile, pem),
+        ("superlink.ssl_ca_certfile", link.ssl_ca_certfile, pem),
+        ("broker.certfile", broker.certfile, pem),
+        ("broker.keyfile", broker.keyfile, pem),
+        ("collector.certfile", coll.certfile, pem),
+        ("collector.keyfile", coll.keyfile, pem),
+        ("artifacts.targets_key", cfg.artifacts.targets_key, "the targets signing key"),
+    ]
+    if not broker.manage:  # a managed broker makes its CA (and the collector's copy) itself
+        inputs += [
+            ("broker.ca_file", broker.ca_file, pem),
+            ("collector.ca_file", coll.ca_file, pem),
+        ]
+    if cfg.run is not None:
+        inputs.append(("run.experiment", cfg.run.experiment, "an experiment TOML"))
+    return inputs
+
+
+def check_server_inputs(cfg: ServerConfig, source: Path) -> None:
+    """Check, before anything starts, every file ``federation.toml`` names as an input.
+
+    Missing or unreadable files, a calibration file that is not a data set, and an
+    experiment that does not validate are one :class:`ConfigError` naming each field.
+
+    Raises
+    ------
+    ConfigError
+        The file, the fields and the fix.
+    """
+    problems = [
+        f"  {field} = '{path}': no such file (give the path of {what})"
+        for field, path, what in _inputs(cfg)
+        if path is not None and not path.is_file()
+    ]
+    if not problems:
+        problems = _check_contents(cfg)
+    if problems:
+        raise ConfigError("\n".join([f"{source}: {len(problems)} bad input file(s)", *problems]))
+
+
+def _check_contents(cfg: ServerConfig) -> list[str]:
+    from edgeai.data.datasets import load_npz  # noqa: PLC0415
+
+    problems: list[str] = []
+    try:
+        load_npz(cfg.releases.calibration)
+    except EdgeAIError as exc:
+        problems.append(f"  releases.calibration: {exc} (give an .npz with X and y)")
+    if cfg.run is not None:
+        try:
+            from edgeai.simulation.config import (  # noqa: PLC0415  (train extra)
+                check_experiment_data,
+                load_experiment,
+            )
+        except ImportError:  # an inference-only install cannot run training anyway
+            return [*problems, "  run: needs the train extra (pip install 'edgeai[train]')"]
+        try:
+            check_experiment_data(load_experiment(cfg.run.experiment), cfg.run.experiment)
+        except EdgeAIError as exc:
+            problems.append(f"  run.experiment: {exc}")
+    return problems

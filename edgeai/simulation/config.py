@@ -114,3 +114,21 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
                 )
             data["dataset"] = str(resolved)
     return parse(Experiment, raw, str(path))
+
+
+def check_experiment_data(exp: Experiment, source: Path | str) -> None:
+    """Load the experiment's data and check the fleet can be cut from it, before Ray starts.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``source``, the field and the fix.
+    """
+    from edgeai.data.datasets import load_dataset  # noqa: PLC0415
+    from edgeai.data.partition import check_partitionable  # noqa: PLC0415
+
+    split = load_dataset(exp.data.dataset, exp.data.validation_fraction, exp.data.split_seed)
+    try:
+        check_partitionable(split.train.y, exp.federation.num_clients, exp.data.partition)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
