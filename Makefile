@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # A CPU build of torch: a bare "torch" requirement makes pip fetch a multi-GB CUDA build.
+# pip's own configuration decides where it comes from: where your index lacks CPU builds,
+# set PIP_EXTRA_INDEX_URL (or pip.conf) to an index that has them. Without one, the plain
+# release of the same version is installed.
 TORCH  ?= torch==2.13.0+cpu
 OUT    ?= results/quickstart
 export FLWR_TELEMETRY_ENABLED=0
@@ -18,7 +21,7 @@ $(BIN)/python:
 
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH)" 2>/dev/null \
-	  || $(BIN)/pip install --quiet "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+	  || $(BIN)/pip install --quiet "$(firstword $(subst +, ,$(TORCH)))"
 	$(BIN)/pip install --quiet -e ".[train]"
 	touch $@
 
