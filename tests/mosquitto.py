@@ -5,9 +5,11 @@
         broker.stop(); broker.start()            # same port, same persistence store
         broker.kill()                            # SIGKILL: only what was autosaved survives
 
-``users={"node-a": "secret"}`` writes a hashed password file (``mosquitto_passwd``) and turns
-anonymous access off; ``acl=["pattern write edgeai/v1/+/nodes/%u/#"]`` writes an ACL file
-(see mosquitto.conf(5), "acl_file").  A publish the ACL denies is answered, for an MQTT 5
+``users={"node-a": "secret"}`` writes a hashed password file (``mosquitto_passwd``), turns
+anonymous access off and binds the client id to the user name (``use_username_as_clientid``,
+as ``edgeai.federation.broker`` does: one connection per user);
+``acl=["pattern write edgeai/v1/+/nodes/%u/#"]`` writes an ACL file (see mosquitto.conf(5),
+"acl_file").  A publish the ACL denies is answered, for an MQTT 5
 client, with PUBACK reason code 135 (not authorized).
 """
 
@@ -98,7 +100,12 @@ class Mosquitto:
             pw = self.root / "passwd"
             pw.write_text("".join(f"{u}:{p}\n" for u, p in users.items()), encoding="utf-8")
             subprocess.run(["mosquitto_passwd", "-U", str(pw)], check=True, capture_output=True)
-            lines += ["allow_anonymous false", f"password_file {pw}"]
+            # As the generated config: the client id is the user name (no session takeover).
+            lines += [
+                "allow_anonymous false",
+                f"password_file {pw}",
+                "use_username_as_clientid true",
+            ]
         else:
             lines.append("allow_anonymous true")
         if acl is not None:

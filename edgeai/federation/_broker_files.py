@@ -72,11 +72,23 @@ class Credentials:
         return "\n".join([f"[{section}]", *rows]) + "\n"
 
 
+def releases_user(server_user: str) -> str:
+    """The server's second account, for its release announcer: ``<server_user>-releases``.
+
+    The broker binds the client id to the user name (``use_username_as_clientid``), so one
+    account holds one connection; the collector and the announcer each need their own.  The
+    announcer logs in with the collector's password.
+    """
+    return f"{check_user(server_user)}-releases"
+
+
 def render_acl(fleet: str, server_user: str = "edgeai-server") -> str:
     """The ACL file: nodes write only under their own ``nodes/<username>/`` (pure).
 
     ``pattern`` lines apply to every user with ``%u`` replaced by the username; ``topic``
-    lines after ``user X`` apply to X only (mosquitto.conf(5), "acl_file").
+    lines after ``user X`` apply to X only (mosquitto.conf(5), "acl_file").  No line uses
+    ``%c`` (the client id): a client chooses its id, and the broker replaces it with the
+    user name anyway.
     """
     base = f"{PREFIX}/{check_name(fleet, 'fleet')}"
     return "\n".join(
@@ -95,6 +107,11 @@ def render_acl(fleet: str, server_user: str = "edgeai-server") -> str:
             f"topic write {base}/releases/#",
             f"topic write {base}/nodes/+/cmd/#",
             "",
+            "# The server's release announcer: one account per connection (the client id is the",
+            "# user name), same password as the server's.",
+            f"user {releases_user(server_user)}",
+            f"topic write {base}/releases/#",
+            "",
         ]
     )
 
@@ -110,6 +127,11 @@ def render_mosquitto_conf(config: BrokerConfig, paths: BrokerPaths) -> str:
         "",
         f"listener {config.port} {config.host}",
         "protocol mqtt",
+        # The client id is the user name, whatever the client sends: without this, any node
+        # could claim another's (predictable) id, kick it off and take or wipe its persistent
+        # session and queued commands.  One connection per account, hence.  A listener
+        # option (mosquitto.conf(5), "Listeners"): above the listener line it does nothing.
+        "use_username_as_clientid true",
     ]
     if config.tls:
         if not (paths.ca_file and paths.certfile and paths.keyfile):

@@ -4,6 +4,7 @@ Public API::
 
     BrokerConfig(...)                    the [broker] settings of federation.toml
     render_acl(fleet, server_user)       the ACL: each node writes only under nodes/<node>/
+    releases_user(server_user)           the server announcer's account (<server_user>-releases)
     render_mosquitto_conf(config, paths) TLS listener, passwords, ACL, persistence, limits
     write_mosquitto_conf(config)         write conf + ACL (+ a CA and broker certificate)
     add_node(config, name) / remove_node enroll a node in the password file -> Credentials
@@ -14,6 +15,11 @@ Mosquitto re-reads ``password_file`` and ``acl_file`` on SIGHUP (mosquitto.conf(
 main-loop pass), so a node enrolled while the broker runs can connect right after
 :meth:`ManagedBroker.reload`, and a removed node is disconnected.  A publish the ACL denies
 is answered, to an MQTT 5 client, with PUBACK reason code 135 (not authorized).
+
+The broker binds the client id to the user name (``use_username_as_clientid``): a node
+cannot claim another node's id, kick it off and take or wipe its persistent session.  An
+account therefore holds one connection at a time; the server has two (collector and
+release announcer, :func:`releases_user`), both with the password of ``server_user``.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from edgeai.federation._broker_files import (
     drop_entry,
     hash_entry,
     put_entry,
+    releases_user,
     render_acl,
     render_mosquitto_conf,
     users,
@@ -56,6 +63,7 @@ __all__ = [
     "Credentials",
     "ManagedBroker",
     "add_node",
+    "releases_user",
     "remove_node",
     "render_acl",
     "render_mosquitto_conf",
@@ -122,6 +130,11 @@ class BrokerConfig(Frozen):
         return self
 
     @property
+    def releases_user(self) -> str:
+        """The release announcer's account (``<server_user>-releases``)."""
+        return releases_user(self.server_user)
+
+    @property
     def broker_url(self) -> str:
         """The URL clients use: ``url``, or ``mqtt(s)://advertise_host:port`` when managed."""
         if self.url is not None:
@@ -185,7 +198,7 @@ def add_node(config: BrokerConfig, name: str, password: str | None = None) -> Cr
     The hash is made by ``mosquitto_passwd -U`` on a private temporary file, so the password
     never appears on a command line.  A running broker needs a reload (SIGHUP) to see it.
     """
-    if name == config.server_user:
+    if name in (config.server_user, config.releases_user):
         raise BrokerError(f"{name!r} is the server's account; choose another node name")
     return _set_password(config, check_user(check_name(name, "node")), password)
 
@@ -256,15 +269,22 @@ class ManagedBroker:
         return removed
 
     def server_credentials(self) -> Credentials:
-        """The server's own login, created once and kept (0600) in ``data_dir``."""
+        """The server's own login, created once and kept (0600) in ``data_dir``.
+
+        The release announcer's account (:attr:`BrokerConfig.releases_user`) is enrolled
+        with the same password: the broker allows one connection per account.
+        """
         secret_file = self.config.data_dir / _SERVER_SECRET_FILE
         password = secret_file.read_text(encoding="utf-8").strip() if secret_file.exists() else None
-        if password and self.config.server_user in users(self.paths.password_file):
+        names = (self.config.server_user, self.config.releases_user)
+        enrolled = users(self.paths.password_file)
+        if password and all(name in enrolled for name in names):
             ca_file = self.paths.ca_file
             return Credentials(
                 self.config.server_user, password, self.url, self.config.fleet, ca_file
             )
         creds = _set_password(self.config, self.config.server_user, password)
+        _set_password(self.config, self.config.releases_user, creds.password)
         atomic_write(secret_file, creds.password + "\n")
         if self.running:
             self.reload()

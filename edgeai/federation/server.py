@@ -26,7 +26,7 @@ from edgeai.discovery import FederationAdvert, ServerInfo
 from edgeai.errors import DataError
 from edgeai.federation._flower_control import ControlAPIError, ControlConnection
 from edgeai.federation._flower_spec import RunPaths, RunSpec, read_status
-from edgeai.federation.broker import ManagedBroker
+from edgeai.federation.broker import ManagedBroker, releases_user
 from edgeai.federation.collector import Collector, CollectorConfig
 from edgeai.federation.config import ServerConfig
 from edgeai.federation.releases import ReleaseManager
@@ -317,8 +317,11 @@ class FederationServer:
 
 
 def _announcer_options(cfg: CollectorConfig) -> MqttOptions:
-    # Its own client id: the collector's persistent session must not be taken over.
-    return dataclasses.replace(cfg.mqtt_options(), client_id=f"edgeai-releases-{cfg.fleet}")
+    # Its own account (same password): the broker takes the client id from the user name
+    # (use_username_as_clientid), so the collector's login would kick the collector off.
+    options = cfg.mqtt_options()
+    username = releases_user(options.username) if options.username else None
+    return dataclasses.replace(options, client_id=f"edgeai-releases-{cfg.fleet}", username=username)
 
 
 def read_server_status(state_dir: Path) -> dict[str, Any] | None:

@@ -30,7 +30,8 @@ from edgeai.federation.broker import (
     remove_node,
 )
 from edgeai.federation.collector import Collector, CollectorConfig
-from edgeai.telemetry import Telemetry, TelemetryConfig
+from edgeai.federation.server import Announcer, _announcer_options
+from edgeai.telemetry import Envelope, Telemetry, TelemetryConfig
 from edgeai.telemetry.mqtt import REASON_NOT_AUTHORIZED
 from tests.mosquitto import free_port
 
@@ -152,6 +153,41 @@ def test_agent_telemetry_over_tls_reaches_the_collector(fleet: Fleet, tmp_path: 
         assert [n.node for n in collector.nodes()] == ["a"]
     finally:
         collector.stop()
+
+
+def test_the_servers_collector_and_announcer_share_the_broker(fleet: Fleet, tmp_path: Path) -> None:
+    """Two accounts, two connections: the client id is the user name, so neither kicks the
+    other; the collector's persistent session still resumes across its restart."""
+    server = fleet.creds["server"]
+    config = CollectorConfig(
+        **server.settings(), db_path=tmp_path / "fleet.sqlite", reconnect_max_s=1
+    )
+    log = fleet.broker.paths.log
+    assert log is not None
+    log_start = len(log.read_bytes())
+    collector = Collector(config)
+    collector.start()
+    announcer = Announcer(_announcer_options(config), FLEET)
+    try:
+        assert collector.wait_ready(10), "the collector never subscribed"
+        announcer("x86-64-avx2", {"version": "1"})
+        wait_for(lambda: "x86-64-avx2" in collector.releases(), 10, "the announcement")
+        collector.stop()  # its session (and what it queues) stays on the broker
+        announcer("rpi5", {"version": "2"})
+        with Client(fleet.broker.config.port, fleet.creds["a"]) as a:
+            body = Envelope("a", "boot", 1, time.time(), {"state": "online"}).encode()
+            mid = a.client.publish(f"{BASE}/nodes/a/status", body, qos=1).mid  # not retained
+            wait_for(lambda: mid in a.acks, 10, "the PUBACK")
+        collector = Collector(config)
+        collector.start()
+        assert collector.wait_ready(10)
+        wait_for(lambda: "rpi5" in collector.releases(), 10, "the queued announcement")
+        # Not retained: only a resumed session delivers what came while it was away.
+        wait_for(lambda: [n.node for n in collector.nodes()] == ["a"], 10, "a's status")
+    finally:
+        announcer.close()
+        collector.stop()
+    assert b"already connected, closing old connection" not in log.read_bytes()[log_start:]
 
 
 def test_plain_tcp_is_refused_on_the_tls_listener(fleet: Fleet) -> None:

@@ -81,7 +81,12 @@ def test_acl_lets_nodes_write_only_their_own_subtree() -> None:
         "topic read edgeai/v1/f/#",
         "topic write edgeai/v1/f/releases/#",
         "topic write edgeai/v1/f/nodes/+/cmd/#",
+        "user srv-releases",  # the announcer: one connection per account
+        "topic write edgeai/v1/f/releases/#",
     ]
+    # The client id is the user name, so a %c rule would add nothing a client controls.
+    assert "%c" not in render_acl("f", "srv")
+    assert BrokerConfig(manage=True, server_user="srv").releases_user == "srv-releases"
 
 
 def test_conf_has_tls_listener_passwords_acl_and_persistence(tmp_path: Path) -> None:
@@ -100,6 +105,10 @@ def test_conf_has_tls_listener_passwords_acl_and_persistence(tmp_path: Path) -> 
         "user mosquitto",
     ):
         assert line in lines
+    # No node may claim another node's client id (and session). A listener option: placed
+    # above the listener line, Mosquitto 2.0 accepts it and applies it to nothing.
+    listener = lines.index("listener 8884 127.0.0.1")
+    assert lines.index("use_username_as_clientid true") > listener
     plain = BrokerConfig(manage=True, tls=False, data_dir=tmp_path)
     assert not any(
         ln.startswith(("cafile", "certfile"))
@@ -136,11 +145,28 @@ def test_add_and_remove_nodes_in_the_password_file(tmp_path: Path) -> None:
     assert not remove_node(config, "b")
     assert b.username == "b"
     assert "pw-b" not in repr(b)
-    with pytest.raises(BrokerError, match="server's account"):
-        add_node(config, "edgeai-server")
+    for server_account in ("edgeai-server", "edgeai-server-releases"):
+        with pytest.raises(BrokerError, match="server's account"):
+            add_node(config, server_account)
     with pytest.raises(ValueError, match="'\\+'"):
         add_node(config, "a+")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_server_credentials_enroll_the_collector_and_the_announcer(tmp_path: Path) -> None:
+    broker = ManagedBroker(BrokerConfig(manage=True, tls=False, data_dir=tmp_path))
+    creds = broker.server_credentials()
+    assert creds.username == "edgeai-server"
+    passwd = tmp_path / "passwd"
+    assert [ln.split(":")[0] for ln in passwd.read_text().splitlines()] == [
+        "edgeai-server",
+        "edgeai-server-releases",
+    ]
+    assert broker.server_credentials().password == creds.password  # kept
+    # A data_dir from before the announcer had its account gains it, same password.
+    remove_node(broker.config, "edgeai-server-releases")
+    assert broker.server_credentials().password == creds.password
+    assert "edgeai-server-releases" in passwd.read_text()
 
 
 def test_password_file_keeps_its_mode_when_rewritten(tmp_path: Path) -> None:
