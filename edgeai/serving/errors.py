@@ -105,4 +105,5 @@ def client_message(exc: BaseException) -> str:
     text = str(exc)
     if len(text) <= MAX_MESSAGE_CHARS:
         return text
-    return text[: MAX_MESSAGE_CHARS - 15] + f" ... ({len(text)} chars)"
+    tail = f" ... ({len(text)} chars)"
+    return text[: MAX_MESSAGE_CHARS - len(tail)] + tail

@@ -160,7 +160,8 @@ def _numeric(values: Any, spec: TensorSpec, *, maybe_bools: bool = True) -> Arra
             raise InvalidRequestError(
                 f"input {spec.name!r}: values out of range for {spec.datatype}"
             )
-    out = arr.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # overflow to inf is checked just below
+        out = arr.astype(dtype, copy=False)
     # Only finite values that overflowed the datatype are refused; NaN and infinities the
     # client sent on purpose pass (docs/SERVING.md, "Non-finite numbers"). The cheap check
     # goes first: nearly every request is all finite.

@@ -213,6 +213,10 @@ class InferenceServer:
             # aiohttp's keep-alive timer also runs from the moment a connection opens and
             # closes it while no complete request has arrived: the header-read timeout.
             keepalive_timeout=cfg.idle_timeout_s,
+            # After a response to a request whose body was not read (401, 413, 429), aiohttp
+            # reads and drops the rest for up to lingering_time (10 s by default) so the
+            # client sees the response; a client that never sends it held us that long.
+            lingering_time=min(2.0, cfg.body_timeout_s),
             logger=http_logger(),
         )
         await self._runner.setup()
