@@ -2,15 +2,17 @@
 
 Server side: :class:`ArtifactRepository` and :func:`serve`. Device side:
 :class:`BundleUpdater` (TUF client, LAN mirrors), :class:`ModelStore` (two slots, atomic
-swap, crash recovery), :func:`run_gate` (golden outputs and budgets), and
-:func:`apply_latest`, which strings them together. No torch: this runs on
+swap, crash recovery), :func:`verify_bundle` (what a bundle proves about itself),
+:func:`run_gate` (that, then the budgets), and :func:`apply_latest`, which strings them
+together. No torch: this runs on
 inference-only devices.
 """
 
+from edgeai.artifacts._bundle import InvalidBundle
 from edgeai.artifacts._http import ServeHandle, serve_mirror
 from edgeai.artifacts.apply import Outcome, ReleaseSource, apply_latest
 from edgeai.artifacts.errors import REASONS, ArtifactError, StoreError, UpdateRejected
-from edgeai.artifacts.gate import GateResult, GateSettings, run_gate
+from edgeai.artifacts.gate import GateResult, GateSettings, run_gate, verify_bundle
 from edgeai.artifacts.repository import ArtifactRepository, serve
 from edgeai.artifacts.store import ActiveModel, ModelStore
 from edgeai.artifacts.updater import BundleUpdater, ReleaseInfo, SignedReleases, UpdaterConfig
@@ -23,6 +25,7 @@ __all__ = [
     "BundleUpdater",
     "GateResult",
     "GateSettings",
+    "InvalidBundle",
     "ModelStore",
     "Outcome",
     "ReleaseInfo",
@@ -36,4 +39,5 @@ __all__ = [
     "run_gate",
     "serve",
     "serve_mirror",
+    "verify_bundle",
 ]

@@ -56,7 +56,9 @@ STORED, DUPLICATE, INVALID, IGNORED, ERROR = "stored", "duplicate", "invalid", "
 class CollectorConfig(BrokerLogin):
     """The ``[collector]`` settings of the federation server."""
 
-    client_id: str | None = None  # stable per collector (the session lives under it)
+    # Stable per collector; on a broker with use_username_as_clientid (ours) the session
+    # lives under the user name instead.
+    client_id: str | None = None
     db_path: Path = Path("fleet.sqlite")
     # Nodes without a definite retained status ("online", or the "offline" will) count as
     # offline once their last message is older than this; agents send metrics every 60 s.
