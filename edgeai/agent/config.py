@@ -63,6 +63,10 @@ class UpdatesConfig(Frozen):
     interval_s: float = Field(60.0, gt=0)
     max_bundle_bytes: int = Field(256 * 1024 * 1024, gt=0)
     download_deadline_s: float = Field(300.0, gt=0)
+    # Where this node offers its verified bundle to LAN peers (an untrusted TUF mirror: the
+    # peers check every byte against signed metadata, so it needs no token). Default: the
+    # serving host, which is loopback unless the device serves its LAN.
+    mirror_host: str | None = None
 
     @model_validator(mode="after")
     def _root_needed(self) -> UpdatesConfig:

@@ -246,7 +246,8 @@ class Agent:
             self.mirror.close()
             self.mirror = None
         if active is not None:
-            self.mirror = serve_mirror(active.path, self.config.serving.host, 0)
+            host = self.config.updates.mirror_host or self.config.serving.host
+            self.mirror = serve_mirror(active.path, host, 0)
 
     def _update_once(self) -> str:
         cfg, info = self.config.updates, self._server_info
