@@ -214,6 +214,38 @@ class Demo:
             for a in self.agents
         )
 
+    def serve_requests(self, count: int = 20, timeout_s: float = 60.0) -> None:
+        """Send ``count`` KServe v2 REST inferences to each agent, then wait for their p95.
+
+        The fleet view reports a node's p95 once its telemetry carries one: an agent that
+        has served nothing has none to report.
+        """
+        import urllib.request  # noqa: PLC0415
+
+        from edgeai.artifacts import ModelStore  # noqa: PLC0415
+
+        x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+        for agent in self.agents:
+            active = ModelStore(agent.root / "state" / "models").active()
+            if active is None:
+                raise RuntimeError(f"agent {agent.node} serves no model")
+            manifest = json.loads((active.path / "manifest.json").read_text(encoding="utf-8"))
+            name, tensor = manifest["model"]["name"], manifest["inputs"][0]
+            row = {"name": tensor["name"], "shape": list(x.shape), "datatype": "FP32"}
+            body = json.dumps({"inputs": [{**row, "data": x.ravel().tolist()}]})
+            url = f"http://127.0.0.1:{agent.http_port}/v2/models/{name}/infer"
+            for _ in range(count):
+                request = urllib.request.Request(url, body.encode(), method="POST")
+                with urllib.request.urlopen(request, timeout=30) as reply:  # noqa: S310 (loopback)
+                    reply.read()
+        nodes = {a.node for a in self.agents}
+        _wait(
+            lambda: {n.node for n in self.fleet() if n.p95_ms is not None} >= nodes,
+            timeout_s,
+            "every agent's p95 in the fleet view",
+            self.wait_alive,
+        )
+
     def wait_alive(self) -> None:
         """Raise with the log's tail if the server or an agent exited."""
         self._check_server()

@@ -46,6 +46,11 @@ def demo(
                 console.print(f"[bold red]demo failed:[/] {exc}")
                 raise typer.Exit(1) from None
             live.update(_view(d, started))
+        try:
+            d.serve_requests()  # so the fleet view has each node's p95
+        except (TimeoutError, RuntimeError, OSError) as exc:
+            console.print(f"[bold red]demo failed:[/] inference on the agents: {exc}")
+            raise typer.Exit(1) from None
         if out is not None:
             path = write_fleet_json(d, out)
             console.print(f"every agent serves release {d.released()}; wrote {path}")

@@ -158,3 +158,11 @@ def test_a_superlink_killed_mid_run_is_restarted_and_the_run_resumes(
     assert runs[0] != runs[-1]
     log = (demo.root / "server.log").read_text()
     assert "resubmitting" in log
+
+
+def test_fleet_view_reports_p95_once_agents_served(fleet: Demo) -> None:
+    fleet.serve_requests(count=10)
+    rows = {n.node: n for n in fleet.fleet()}
+    for agent in fleet.agents:
+        assert rows[agent.node].p95_ms is not None
+        assert rows[agent.node].p95_ms > 0
