@@ -21,7 +21,7 @@ def flower_alone(path: Path, clients: int, rounds: int) -> None:
 
 def edgeai_side(path: Path, clients: int, rounds: int) -> None:
     # What `edgeai simulate` does: validate, warm caches and boot Ray while importing, run.
-    from edgeai.simulation.config import load_experiment  # noqa: PLC0415
+    from edgeai.flower.experiment import load_experiment  # noqa: PLC0415
     from edgeai.simulation.engine import boot  # noqa: PLC0415
     from edgeai.simulation.warm import start_warming  # noqa: PLC0415
 

@@ -18,10 +18,10 @@ import numpy as np
 from rich.console import Console
 
 from edgeai.compile import compile_model
-from edgeai.compile.evaluate import cpu_session, predict
 from edgeai.data import load_dataset
 from edgeai.profiles import load_profile
 from edgeai.runtime.bench import bench_bundle, render
+from edgeai.runtime.measure import cpu_session, predict
 
 
 def main() -> None:

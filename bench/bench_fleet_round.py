@@ -31,8 +31,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgeai.federation._flower_spec import RunSpec
-from edgeai.federation.runs import run_to_end, write_app_dir
+from edgeai.flower.runspec import RunSpec
+from edgeai.server.superlink import run_to_end, write_app_dir
 from tests.integration.test_federation_flower_fleet import (
     Fleet,
     experiment,

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.sequential import run_sequential
-from edgeai.simulation.config import load_experiment
+from edgeai.flower.experiment import load_experiment
 from edgeai.simulation.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from edgeai.data.datasets import load_dataset
-from edgeai.fl.client_app import device_of, local_train
-from edgeai.fl.training import evaluate
+from edgeai.flower.client_app import device_of, local_train
+from edgeai.flower.experiment import Experiment
+from edgeai.flower.training import evaluate
 from edgeai.models import build_model
-from edgeai.simulation.config import Experiment
 from edgeai.simulation.runner import client_plan
 from edgeai.simulation.warm import warm_caches
 

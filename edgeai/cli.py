@@ -16,9 +16,10 @@ from rich.console import Console
 from edgeai import __version__
 from edgeai.agent import commands as agent_commands
 from edgeai.errors import EdgeAIError
-from edgeai.federation import commands as server_commands
-from edgeai.federation import demo_cli, fleet_cli
+from edgeai.fleet import cli as fleet_cli
 from edgeai.profiles import commands as profile_commands
+from edgeai.server import commands as server_commands
+from edgeai.server.demo import cli as demo_cli
 
 app = typer.Typer(
     name="edgeai",
@@ -97,7 +98,7 @@ def simulate(
     (Ray), with DP-SGD on every virtual device when the experiment enables it,
     and writes metrics.jsonl, summary.json, model.onnx and plots to --out.
     """
-    from edgeai.simulation.config import check_experiment_data, load_experiment  # noqa: PLC0415
+    from edgeai.flower.experiment import check_experiment_data, load_experiment  # noqa: PLC0415
     from edgeai.simulation.engine import boot  # noqa: PLC0415
     from edgeai.simulation.warm import start_warming  # noqa: PLC0415
 

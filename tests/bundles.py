@@ -62,7 +62,7 @@ def bundle_variant(src: Path, dest: Path, version: str, *, golden_shift: float =
 
     import onnx  # noqa: PLC0415
 
-    from edgeai.compile.graph import sha256_file  # noqa: PLC0415
+    from edgeai.plumbing.files import sha256_file  # noqa: PLC0415
 
     shutil.copytree(src, dest)
     model = onnx.load(str(dest / "model.onnx"))

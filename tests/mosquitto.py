@@ -7,7 +7,7 @@
 
 ``users={"node-a": "secret"}`` writes a hashed password file (``mosquitto_passwd``), turns
 anonymous access off and binds the client id to the user name (``use_username_as_clientid``,
-as ``edgeai.federation.broker`` does: one connection per user);
+as ``edgeai.server.broker.managed`` does: one connection per user);
 ``acl=["pattern write edgeai/v1/+/nodes/%u/#"]`` writes an ACL file (see mosquitto.conf(5),
 "acl_file").  A publish the ACL denies is answered, for an MQTT 5
 client, with PUBACK reason code 135 (not authorized).

@@ -69,7 +69,7 @@ def keygen(
     Keep PATH on the device (agent.toml: federation.auth_private_key); give PATH.pub to the
     operator, who approves it with `edgeai server enroll PATH.pub`.
     """
-    from edgeai.federation.enroll import generate_node_key  # noqa: PLC0415
+    from edgeai.plumbing.pki import generate_node_key  # noqa: PLC0415
 
     if path.exists():
         typer.echo(f"error: {path} exists; a node keeps its key (remove it to make a new one)")

@@ -23,9 +23,8 @@ from prometheus_client import CollectorRegistry
 from edgeai import __version__
 from edgeai.agent.config import AgentConfig
 from edgeai.agent.events import Reporter
-from edgeai.agent.federation import LedgerWatch, ledger_path, start_federation
 from edgeai.agent.metrics import AgentGauges, sample
-from edgeai.agent.supervisor import ProcessSupervisor
+from edgeai.agent.supernode import LedgerWatch, ledger_path, start_federation
 from edgeai.artifacts import (
     BundleUpdater,
     ModelStore,
@@ -37,6 +36,7 @@ from edgeai.artifacts import (
 from edgeai.artifacts.gate import InvalidBundle, verify_bundle
 from edgeai.discovery import AgentInfo, Discovery, Ports, ServerInfo
 from edgeai.errors import ConfigError, EdgeAIError
+from edgeai.plumbing.supervisor import ProcessSupervisor
 from edgeai.profiles import DeviceProfile, load_profile
 from edgeai.serving.model import ModelHolder, load_served
 from edgeai.serving.server import InferenceServer

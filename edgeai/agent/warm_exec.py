@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PRELOAD = (
     "flwr.supernode.runtime.run_clientapp",
     "flwr.supercore.superexec.run_superexec",
-    "edgeai.fl.client_app",
+    "edgeai.flower.client_app",
     "opacus",
     "opacus.accountants",
     "opacus.accountants.utils",

@@ -19,7 +19,6 @@ update path) tells an operator's bundle from an attacker's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeai.artifacts.errors import ArtifactError
+from edgeai.plumbing.files import sha256_file
 
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
@@ -47,15 +47,6 @@ class InvalidBundle(ArtifactError):  # noqa: N818  (reads as what it reports)
         # Problems from read_manifest carry the full path; say the bundle's only once.
         short = (p.removeprefix(f"{bundle}: ").removeprefix(f"{bundle}/") for p in self.problems)
         super().__init__(f"{bundle}: {'; '.join(short)}")
-
-
-def sha256_file(path: Path) -> str:
-    """Return the hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _regular_inside(bundle: Path, name: str) -> str | None:

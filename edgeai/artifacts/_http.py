@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from edgeai.artifacts._bundle import sha256_file
+from edgeai.plumbing.files import sha256_file
 
 _HASHED = re.compile(r"^(?P<sha>[0-9a-f]{64})\.(?P<name>[^/]+)$")
 # What our repositories name things: roles, versions, profiles, hash-prefixed bundle files.

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from edgeai.artifacts._bundle import sha256_file
 from edgeai.artifacts.errors import StoreError, UpdateRejected
 from edgeai.artifacts.gate import GateResult, run_gate
 from edgeai.artifacts.store import ActiveModel, ModelStore
 from edgeai.artifacts.updater import ReleaseInfo, SignedReleases
+from edgeai.plumbing.files import sha256_file
 from edgeai.profiles import DeviceProfile
 
 log = logging.getLogger(__name__)

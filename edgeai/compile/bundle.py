@@ -18,7 +18,6 @@ import numpy as np
 import onnx
 
 from edgeai.compile import candidates as cand
-from edgeai.compile import evaluate as ev
 from edgeai.compile.graph import (
     fit_versions,
     graph_inputs,
@@ -26,7 +25,6 @@ from edgeai.compile.graph import (
     load_source,
     opset_of,
     optimize,
-    sha256_file,
 )
 from edgeai.compile.select import (
     Candidate,
@@ -40,7 +38,9 @@ from edgeai.compile.select import (
 from edgeai.data.datasets import load_npz
 from edgeai.errors import CompileError, DataError, UnknownNameError
 from edgeai.models.checkpoint import is_checkpoint, load_checkpoint
+from edgeai.plumbing.files import sha256_file
 from edgeai.profiles import DeviceProfile
+from edgeai.runtime import measure as ev
 from edgeai.runtime.session import cpu_threads, provider_options
 
 MANIFEST_VERSION = 1

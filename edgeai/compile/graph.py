@@ -6,7 +6,6 @@ graph optimizations, and a census of multiply-accumulates by op type.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,15 +39,6 @@ class TensorSpec:
     def as_json(self) -> dict[str, object]:
         """Return the spec as a JSON-ready dict."""
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-
-def sha256_file(path: Path) -> str:
-    """Return the hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _specs(values: list[onnx.ValueInfoProto]) -> tuple[TensorSpec, ...]:

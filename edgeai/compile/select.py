@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeai.compile import evaluate as ev
 from edgeai.errors import CompileError
 from edgeai.profiles import DeviceProfile
+from edgeai.runtime import measure as ev
 from edgeai.runtime.session import cpu_threads
 
 

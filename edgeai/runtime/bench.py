@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgeai.compile import evaluate as ev
-from edgeai.compile.graph import sha256_file
 from edgeai.errors import ConfigError
+from edgeai.plumbing.files import sha256_file
+from edgeai.runtime import measure as ev
 
 ROUNDS = 5
 Runner = ev.Runner

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgeai.fl.records import RoundRecord
-from edgeai.simulation.config import Experiment
+from edgeai.flower.experiment import Experiment
+from edgeai.flower.records import RoundRecord
 from edgeai.simulation.outputs import write_outputs
 from edgeai.simulation.runner import SimulationResult, run_experiment
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from edgeai.simulation.config import SimulationConfig
+from edgeai.flower.experiment import SimulationConfig
 
 
 def init_ray(sim: SimulationConfig) -> None:

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from edgeai.fl.records import RoundRecord
+from edgeai.flower.records import RoundRecord
 from edgeai.simulation.runner import SimulationResult
 
 

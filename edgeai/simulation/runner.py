@@ -15,12 +15,12 @@ from typing import Any
 from flwr.clientapp import ClientApp
 
 from edgeai.errors import SimulationError
-from edgeai.fl.client_app import app as default_client_app
-from edgeai.fl.loop import RoundOutcome, RoundSink, ServerPlan
-from edgeai.fl.plan import ClientPlan
-from edgeai.fl.records import FinalState, RoundRecord
-from edgeai.fl.server_app import client_plan, make_server_app
-from edgeai.simulation.config import Experiment
+from edgeai.flower.client_app import app as default_client_app
+from edgeai.flower.experiment import Experiment
+from edgeai.flower.loop import RoundOutcome, RoundSink, ServerPlan
+from edgeai.flower.plan import ClientPlan
+from edgeai.flower.records import FinalState, RoundRecord
+from edgeai.flower.server_app import client_plan, make_server_app
 from edgeai.simulation.engine import init_ray
 from edgeai.simulation.warm import start_warming
 

@@ -12,8 +12,8 @@ import threading
 
 from edgeai.data.datasets import load_dataset
 from edgeai.data.partition import cached_partition_indices
+from edgeai.flower.experiment import Experiment
 from edgeai.privacy.accounting import dp_session
-from edgeai.simulation.config import Experiment
 
 _lock = threading.Lock()
 _done: set[str] = set()

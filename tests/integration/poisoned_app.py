@@ -10,7 +10,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from edgeai.fl import client_app as honest
+from edgeai.flower import client_app as honest
 
 app = ClientApp()
 POISONED = {0: "nan", 1: "shape", 2: "zero-examples", 3: "inf", 4: "absurd-examples"}

@@ -20,8 +20,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgeai.federation._tls import make_ca
-from edgeai.federation.broker import (
+from edgeai.plumbing.pki import make_ca
+from edgeai.server.broker import (
     BrokerConfig,
     BrokerError,
     Credentials,
@@ -29,8 +29,8 @@ from edgeai.federation.broker import (
     add_node,
     remove_node,
 )
-from edgeai.federation.collector import Collector, CollectorConfig
-from edgeai.federation.server import Announcer, _announcer_options
+from edgeai.server.collector import Collector, CollectorConfig
+from edgeai.server.daemon import Announcer, _announcer_options
 from edgeai.telemetry import Envelope, Telemetry, TelemetryConfig
 from edgeai.telemetry.mqtt import REASON_NOT_AUTHORIZED
 from tests.mosquitto import free_port

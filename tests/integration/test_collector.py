@@ -24,8 +24,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
-from edgeai.federation.collector import DUPLICATE, Collector, CollectorConfig
 from edgeai.profiles import load_profile
+from edgeai.server.collector import DUPLICATE, Collector, CollectorConfig
 from edgeai.telemetry import Envelope, NodeTopics, Telemetry, TelemetryConfig
 from tests.mosquitto import Mosquitto
 
@@ -112,7 +112,7 @@ def drained(agent: Telemetry) -> Callable[[], bool]:
 
 
 def fleet_status_json(db: Path) -> list[dict[str, Any]]:
-    code = "from edgeai.federation.fleet_cli import app; app(prog_name='edgeai fleet')"
+    code = "from edgeai.fleet.cli import app; app(prog_name='edgeai fleet')"
     out = subprocess.run(
         [sys.executable, "-c", code, "status", "--json", "--db", str(db)],
         cwd=ROOT,

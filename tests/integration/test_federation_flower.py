@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeai.federation._flower_spec import RunPaths, RunSpec
-from edgeai.federation.runs import follow, run_to_end, submit, write_app_dir
+from edgeai.flower.runspec import RunPaths, RunSpec
 from edgeai.models.checkpoint import DELTA_KEY, EPSILON_KEY, load_checkpoint
 from edgeai.privacy.ledger import PrivacyLedger
+from edgeai.server.superlink import follow, run_to_end, submit, write_app_dir
 from tests.integration.test_federation_flower_fleet import (
     Fleet,
     experiment,

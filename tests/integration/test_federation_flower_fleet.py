@@ -18,20 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from edgeai.agent.federation import write_node_config
+from edgeai.agent.supernode import write_node_config
 from edgeai.data import load_dataset
-from edgeai.federation._flower_control import ControlConnection
-from edgeai.federation._flower_spec import RunPaths, RunSpec
-from edgeai.federation._flower_tls import generate_tls
-from edgeai.federation.enroll import NodeKey, enroll, enrolled_nodes, generate_node_key
-from edgeai.federation.superlink import (
+from edgeai.flower.experiment import Experiment
+from edgeai.flower.runspec import RunPaths, RunSpec
+from edgeai.plumbing.pki import NodeKey, generate_node_key
+from edgeai.server.superlink import ControlConnection, enroll, enrolled_nodes, generate_tls
+from edgeai.server.superlink.process import (
     SUPEREXEC_POLL_ENV,
     SuperLinkConfig,
     SuperLinkProcess,
     find_executable,
     flower_env,
 )
-from edgeai.simulation.config import Experiment
 from tests.mosquitto import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ import onnxruntime as ort
 import pytest
 
 from edgeai.artifacts import ModelStore
-from edgeai.federation.demo import Demo
+from edgeai.server.demo import Demo
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PROBE = Path(__file__).with_name("triton_probe.py")

@@ -26,10 +26,10 @@ from edgeai.artifacts import (
     apply_latest,
     serve,
 )
-from edgeai.artifacts._bundle import sha256_file
-from edgeai.federation.fleet import FleetEvent, NodeState
-from edgeai.federation.releases import CompileSettings, ReleaseConfig, ReleaseManager
+from edgeai.plumbing.files import sha256_file
 from edgeai.profiles import DeviceProfile, load_profile
+from edgeai.server.collector import FleetEvent, NodeState
+from edgeai.server.releases import CompileSettings, ReleaseConfig, ReleaseManager
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ import onnxruntime as ort
 import pytest
 
 from edgeai.data import load_dataset
+from edgeai.flower.experiment import load_experiment
 from edgeai.models.checkpoint import load_checkpoint
 from edgeai.privacy import epsilon_for
-from edgeai.simulation.config import load_experiment
 from edgeai.simulation.runner import run_experiment
 
 pytestmark = pytest.mark.integration

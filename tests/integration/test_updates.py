@@ -31,8 +31,9 @@ from edgeai.artifacts import (
     serve,
     serve_mirror,
 )
-from edgeai.artifacts._bundle import bundle_mismatches, sha256_file
+from edgeai.artifacts._bundle import bundle_mismatches
 from edgeai.artifacts._tuf import CryptoSigner, Metadata
+from edgeai.plumbing.files import sha256_file
 from edgeai.profiles import DeviceProfile, load_profile
 from tests.bundles import bundle_variant
 from tests.http import throttled

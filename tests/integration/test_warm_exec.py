@@ -19,9 +19,9 @@ import psutil
 import pytest
 
 from edgeai.agent.warm_exec import READY_LINE
-from edgeai.federation._flower_spec import RunSpec
-from edgeai.federation.runs import run_to_end, submit, write_app_dir
-from edgeai.federation.superlink import SUPEREXEC_POLL_ENV, find_executable, flower_env
+from edgeai.flower.runspec import RunSpec
+from edgeai.server.superlink import run_to_end, submit, write_app_dir
+from edgeai.server.superlink.process import SUPEREXEC_POLL_ENV, find_executable, flower_env
 from tests.integration.test_federation_flower_fleet import (
     REPO,
     Fleet,

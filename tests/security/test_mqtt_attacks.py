@@ -37,7 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgeai.federation.broker import BrokerConfig, Credentials, ManagedBroker
+from edgeai.server.broker import BrokerConfig, Credentials, ManagedBroker
 from tests.mosquitto import free_port
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import yaml
 
 from edgeai.configfile import parse
 from edgeai.errors import ConfigError
-from edgeai.federation.broker import (
+from edgeai.server.broker import (
     BrokerConfig,
     BrokerError,
     BrokerPaths,
@@ -24,8 +24,8 @@ from edgeai.federation.broker import (
     render_mosquitto_conf,
     write_mosquitto_conf,
 )
-from edgeai.federation.collector import CollectorConfig
-from edgeai.federation.releases import ReleaseConfig
+from edgeai.server.collector import CollectorConfig
+from edgeai.server.releases import ReleaseConfig
 from edgeai.telemetry import TelemetryConfig
 
 ANY = "0.0.0.0"  # noqa: S104 - a listen address in a config, nothing binds

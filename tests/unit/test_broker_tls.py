@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from edgeai.federation._tls import CertFiles, TLSError, issue, load_ca, make_ca
+from edgeai.plumbing.pki import CertFiles, TLSError, issue, load_ca, make_ca
 
 
 def handshake(server: CertFiles, ca: Path, hostname: str) -> None:

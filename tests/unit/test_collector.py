@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from edgeai.agent.metrics import sample
-from edgeai.federation._collector_mqtt import MemorySubscriber
-from edgeai.federation.collector import (
+from edgeai.server.collector import FleetView, MemorySubscriber, NodeState
+from edgeai.server.collector.collector import (
     DUPLICATE,
     IGNORED,
     INVALID,
@@ -26,7 +26,6 @@ from edgeai.federation.collector import (
     StoreError,
     open_readonly,
 )
-from edgeai.federation.fleet import FleetView, NodeState
 from edgeai.serving.metrics import ServingMetrics
 from edgeai.telemetry.topics import WILL_SEQ, Envelope, NodeTopics, release_topic
 

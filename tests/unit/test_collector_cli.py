@@ -10,9 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
-from edgeai.federation._collector_mqtt import MemorySubscriber
-from edgeai.federation.collector import Collector, CollectorConfig
-from edgeai.federation.fleet_cli import EXIT_BAD_INPUT, ago, app
+from edgeai.fleet.cli import EXIT_BAD_INPUT, ago, app
+from edgeai.server.collector import Collector, CollectorConfig, MemorySubscriber
 from edgeai.telemetry.topics import Envelope, NodeTopics
 
 runner = CliRunner()

@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 from edgeai.cli import app
 from edgeai.compile import CompileError, CompileOptions, compile_model
 from edgeai.compile import candidates as cand
-from edgeai.compile.evaluate import spread_pct
 from edgeai.compile.select import Candidate, SpeedFacts, choose, prefer_smaller
 from edgeai.data import load_dataset
 from edgeai.models import build_model
 from edgeai.models.export import export_onnx
 from edgeai.profiles import load_profile
+from edgeai.runtime.measure import spread_pct
 
 FAST = CompileOptions(calibration_samples=128, eval_samples=400, latency_repeats=20)
 runner = CliRunner()

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from edgeai.errors import ConfigError
-from edgeai.simulation.config import Experiment, load_experiment
+from edgeai.flower.experiment import Experiment, load_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "simulations").glob("*.toml"))

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from edgeai.errors import ConfigError
-from edgeai.federation.config import load_server_config
-from edgeai.simulation.config import load_experiment
+from edgeai.flower.experiment import load_experiment
+from edgeai.server.config import load_server_config
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeai.federation._flower_spec import write_status
-from edgeai.federation.config import load_server_config
-from edgeai.federation.runs import RunStatus
-from edgeai.federation.server import FederationServer
+from edgeai.flower.runspec import write_status
+from edgeai.server.config import load_server_config
+from edgeai.server.daemon import FederationServer
+from edgeai.server.superlink import RunStatus
 from tests.unit.test_releases import X86, Harness, loop_checkpoint
 
 
@@ -45,7 +45,7 @@ def test_a_run_that_failed_for_a_reason_is_not_resubmitted_but_alerted_once(
     srv, submitted = server
     write_status(srv.run_paths, "failed", reason="1 of 3 nodes connected after 300 s")
     srv.run_status = RunStatus(8, "finished", "failed", "")
-    with caplog.at_level(logging.ERROR, logger="edgeai.federation.server"):
+    with caplog.at_level(logging.ERROR, logger="edgeai.server.daemon"):
         srv._resubmit_if_cut_off()
         srv._resubmit_if_cut_off()
     assert submitted == []
@@ -75,7 +75,7 @@ def test_the_server_proposes_the_loops_checkpoints_and_the_gate_refuses_a_worse_
     checkpoints = srv.run_paths.checkpoints
     loop_checkpoint(checkpoints, 1, 0.80)
     srv.run_status = RunStatus(7, "finished", "completed", "")
-    with caplog.at_level(logging.INFO, logger="edgeai.federation.releases"):
+    with caplog.at_level(logging.INFO, logger="edgeai.server.releases.manager"):
         srv._propose_due()  # the last checkpoint of a completed run is due
         [release] = h.manager.releases()
         assert (release.round, release.accuracy) == (1, 0.80)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from edgeai.errors import ConfigError, UnknownNameError
+from edgeai.flower.experiment import MODEL_NAMES
 from edgeai.models import build_model, model_names
 from edgeai.models.export import export_onnx
-from edgeai.simulation.config import MODEL_NAMES
 
 
 def test_registry_and_config_agree() -> None:

@@ -18,21 +18,22 @@ from flwr.app import Array, ArrayRecord
 
 from edgeai.artifacts import ArtifactRepository
 from edgeai.errors import CompileError, DataError
-from edgeai.federation._release_state import canary_count, load_state
-from edgeai.federation.fleet import FleetEvent, NodeState
-from edgeai.federation.releases import (
+from edgeai.flower.loop import RoundOutcome
+from edgeai.flower.plan import ClientPlan, DataConfig, TrainingConfig
+from edgeai.flower.records import RoundRecord
+from edgeai.flower.sinks import CheckpointSink
+from edgeai.flower.strategy import RoundStats
+from edgeai.models.checkpoint import checkpoint_from_state, save_checkpoint
+from edgeai.privacy.config import PrivacyConfig
+from edgeai.server.collector import FleetEvent, NodeState
+from edgeai.server.releases import (
     ReleaseConfig,
     ReleaseError,
     ReleaseManager,
+    canary_count,
     choose_canaries,
+    load_state,
 )
-from edgeai.fl.loop import RoundOutcome
-from edgeai.fl.plan import ClientPlan, DataConfig, TrainingConfig
-from edgeai.fl.records import RoundRecord
-from edgeai.fl.sinks import CheckpointSink
-from edgeai.fl.strategy import RoundStats
-from edgeai.models.checkpoint import checkpoint_from_state, save_checkpoint
-from edgeai.privacy.config import PrivacyConfig
 
 X86, RPI = "x86-64-avx2", "rpi5"
 

@@ -18,11 +18,11 @@ from flwr.app import Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from edgeai.federation._flower_spec import RunPaths, RunSpec, read_status
-from edgeai.fl.client_app import BUDGET_EXHAUSTED
-from edgeai.fl.server_app import run_deployed
+from edgeai.flower.client_app import BUDGET_EXHAUSTED
+from edgeai.flower.experiment import Experiment
+from edgeai.flower.runspec import RunPaths, RunSpec, read_status
+from edgeai.flower.server_app import run_deployed
 from edgeai.models.checkpoint import RUN_ID_KEY, load_checkpoint
-from edgeai.simulation.config import Experiment
 
 
 @pytest.fixture(autouse=True)

@@ -116,7 +116,7 @@ def test_engines_are_timed_in_interleaved_rounds() -> None:
     """One engine per round in turn (A, B, A, B, ...), so noise hits them alike."""
     import numpy as np  # noqa: PLC0415
 
-    from edgeai.compile.evaluate import time_interleaved  # noqa: PLC0415
+    from edgeai.runtime.measure import time_interleaved  # noqa: PLC0415
 
     calls: list[str] = []
 

@@ -14,20 +14,25 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from edgeai.errors import ConfigError
-from edgeai.federation._flower_spec import RunPaths, RunSpec, read_run_spec, write_run_spec
-from edgeai.federation._flower_tls import generate_tls
-from edgeai.federation.enroll import generate_node_key, read_public_key
-from edgeai.federation.runs import app_pyproject
-from edgeai.federation.superlink import SuperLinkConfig, flower_env, superlink_argv
-from edgeai.fl.loop import send_and_receive
-from edgeai.fl.server_app import latest_checkpoint, resume_point
+from edgeai.flower.experiment import Experiment
+from edgeai.flower.loop import send_and_receive
+from edgeai.flower.runspec import RunPaths, RunSpec, read_run_spec, write_run_spec
+from edgeai.flower.server_app import latest_checkpoint, resume_point
 from edgeai.models.checkpoint import (
     EPSILON_KEY,
     SPEC_FINGERPRINT_KEY,
     checkpoint_from_state,
     save_checkpoint,
 )
-from edgeai.simulation.config import Experiment
+from edgeai.plumbing.pki import generate_node_key
+from edgeai.server.superlink import (
+    SuperLinkConfig,
+    flower_env,
+    generate_tls,
+    read_public_key,
+    superlink_argv,
+)
+from edgeai.server.superlink.runs import app_pyproject
 
 
 def test_tls_config_is_required_unless_insecure(tmp_path: Path) -> None:
@@ -95,8 +100,8 @@ def test_bad_public_keys_are_refused(tmp_path: Path) -> None:
 
 def test_app_pyproject_names_our_components() -> None:
     text = app_pyproject()
-    assert 'serverapp = "edgeai.fl.server_app:app"' in text
-    assert 'clientapp = "edgeai.fl.client_app:app"' in text
+    assert 'serverapp = "edgeai.flower.server_app:app"' in text
+    assert 'clientapp = "edgeai.flower.client_app:app"' in text
     assert 'spec = ""' in text
 
 

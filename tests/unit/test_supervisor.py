@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeai.agent.supervisor import NOT_FOUND, Backoff, ProcessSupervisor, signal_name
+from edgeai.plumbing.supervisor import NOT_FOUND, Backoff, ProcessSupervisor, signal_name
 
 
 def _wait_for(cond: object, deadline_s: float = 10.0) -> None:

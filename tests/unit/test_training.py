@@ -8,9 +8,9 @@ import torch
 from edgeai.data import load_dataset
 from edgeai.data.datasets import ArrayDataset
 from edgeai.errors import ConfigError
-from edgeai.fl.client_app import PLAN_KEY, device_of, local_train, plan_config
-from edgeai.fl.plan import ClientPlan, DataConfig, TrainingConfig
-from edgeai.fl.training import evaluate, seeded_generator, train_dp, train_plain
+from edgeai.flower.client_app import PLAN_KEY, device_of, local_train, plan_config
+from edgeai.flower.plan import ClientPlan, DataConfig, TrainingConfig
+from edgeai.flower.training import evaluate, seeded_generator, train_dp, train_plain
 from edgeai.models import build_model
 from edgeai.privacy import PrivacyConfig, epsilon_for
 from edgeai.privacy.ledger import BudgetExhaustedError, PrivacyLedger

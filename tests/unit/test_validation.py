@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeai.fl.validation import check_update, reference_of
+from edgeai.flower.validation import check_update, reference_of
 
 GOOD = {"w": np.ones((3, 2), np.float32), "b": np.zeros(2, np.float32)}
 REF = reference_of(GOOD)

@@ -1,1 +1,0 @@
-"""The federation server: SuperLink supervision, releases, telemetry collection, fleet status."""

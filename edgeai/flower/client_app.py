@@ -1,0 +1,260 @@
+"""The ClientApp: the code every device (real or simulated) runs for a round.
+
+It is the same in simulation and deployment.  The server's train message
+carries the weights and a :class:`ClientPlan`; the device's own data comes from
+its node config: ``data-path`` (a ``.npz`` on a real device) or
+``partition-id`` / ``num-partitions`` (a virtual client's share in simulation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from numpy.typing import NDArray
+
+from edgeai.data.datasets import ArrayDataset, load_dataset, load_npz
+from edgeai.data.partition import cached_partition_indices
+from edgeai.errors import ConfigError, DataError
+from edgeai.flower.plan import ClientPlan, DataConfig, TrainingConfig
+from edgeai.flower.training import (
+    TrainResult,
+    evaluate,
+    plan_dp,
+    seeded_generator,
+    train_dp,
+    train_plain,
+)
+from edgeai.models import build_model
+from edgeai.privacy.ledger import BudgetExhaustedError, PrivacyLedger
+
+app = ClientApp()
+
+PLAN_KEY = "plan"
+# Error code of a reply from a device that refuses to train past its privacy budget.
+BUDGET_EXHAUSTED = 4201
+
+
+@lru_cache(maxsize=4)
+def _partitions(
+    data_json: str, num_partitions: int
+) -> tuple[ArrayDataset, list[NDArray[np.int64]]]:
+    # A simulation actor serves many virtual clients: split and partition once per process.
+    data = DataConfig.model_validate_json(data_json)
+    split = load_dataset(data.dataset, data.validation_fraction, data.split_seed)
+    return split.train, cached_partition_indices(split.train.y, num_partitions, data.partition)
+
+
+def local_data(plan: ClientPlan, node_config: Mapping[str, object]) -> ArrayDataset:
+    """The device's training data: its ``data-path`` file, or its simulated partition."""
+    if "data-path" in node_config:
+        x, y = load_npz_cached(str(node_config["data-path"]))
+        return ArrayDataset(x, y, plan.num_classes)
+    if "partition-id" not in node_config or "num-partitions" not in node_config:
+        raise DataError("node config needs 'data-path' or 'partition-id' and 'num-partitions'")
+    train_set, parts = _partitions(
+        plan.data.model_dump_json(exclude_unset=True), int(str(node_config["num-partitions"]))
+    )
+    return train_set.subset(parts[int(str(node_config["partition-id"]))])
+
+
+@lru_cache(maxsize=2)
+def load_npz_cached(path: str) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Read a device's data file once per process."""
+    return load_npz(Path(path))
+
+
+def _plan(msg: Message) -> ClientPlan:
+    return ClientPlan.model_validate_json(str(msg.content.config_records["config"][PLAN_KEY]))
+
+
+def _model(plan: ClientPlan, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    model = build_model(plan.model, plan.input_shape, plan.num_classes)
+    model.load_state_dict(state)
+    return model
+
+
+@dataclass(frozen=True)
+class Device:
+    """Who is training and where its privacy ledger lives."""
+
+    subject: str
+    ledger_path: Path | None
+    run_id: str = "local"
+
+
+def device_of(
+    plan: ClientPlan, node_config: Mapping[str, object], node_id: int, run_id: int
+) -> Device:
+    """The device: ``node-name`` (deployment) or ``client-<partition-id>`` (simulation)."""
+    if "node-name" in node_config:
+        subject = str(node_config["node-name"])
+    elif "partition-id" in node_config:
+        subject = f"client-{node_config['partition-id']}"
+    else:
+        subject = f"node-{node_id}"
+    if "ledger-path" in node_config:
+        path: Path | None = Path(str(node_config["ledger-path"]))
+    elif plan.ledger_dir:
+        path = Path(plan.ledger_dir) / f"{subject}.sqlite"
+    else:
+        path = None
+    return Device(subject, path, str(run_id))
+
+
+def _dp_round(
+    plan: ClientPlan,
+    model: torch.nn.Module,
+    data: ArrayDataset,
+    *,
+    training: TrainingConfig,
+    device: Device,
+    server_round: int,
+    gen: torch.Generator,
+) -> tuple[torch.nn.Module, TrainResult, dict[str, int | float]]:
+    """Check the ledger, run DP-SGD, record the spend; refuse past the budget."""
+    privacy = plan.privacy
+    if device.ledger_path is None:
+        raise ConfigError(
+            "DP-SGD needs a privacy ledger: set 'ledger-path' in the node config "
+            "(or ledger_dir in the plan)"
+        )
+    planned = plan_dp(len(data), training, privacy, plan.num_rounds)
+    with PrivacyLedger(device.ledger_path) as ledger:
+        budget = privacy.budget
+        if budget is not None:
+            current = ledger.budget(device.subject)
+            if current is None or (current.epsilon, current.delta) != (budget, privacy.delta):
+                ledger.set_budget(device.subject, budget, privacy.delta, privacy.accountant)
+            ledger.require(device.subject, planned)  # BudgetExhaustedError: refuse up front
+        model, result = train_dp(
+            model, data, training, privacy, num_rounds=plan.num_rounds, generator=gen
+        )
+        ledger.record(
+            device.subject,
+            run_id=device.run_id,
+            server_round=server_round,
+            noise_multiplier=result.noise_multiplier,
+            sample_rate=result.sample_rate,
+            steps=result.steps,
+            delta=privacy.delta,
+            accountant=privacy.accountant,
+        )
+        history = ledger.history(device.subject)
+        epsilon = ledger.spent(device.subject, privacy.delta, privacy.accountant)
+    return (
+        model,
+        result,
+        {
+            "epsilon": epsilon,
+            "delta": privacy.delta,
+            "noise-multiplier": result.noise_multiplier,
+            "sample-rate": result.sample_rate,
+            "dp-steps": sum(h[2] for h in history),
+        },
+    )
+
+
+def local_train(
+    plan: ClientPlan,
+    state: Mapping[str, torch.Tensor],
+    node_config: Mapping[str, object],
+    server_round: int,
+    device: Device,
+) -> tuple[dict[str, torch.Tensor], dict[str, int | float]]:
+    """One round of local training, free of Flower types (the ClientApp wraps it).
+
+    Returns the new weights and the reply metrics.  With DP, the device's
+    ledger is consulted first: :class:`BudgetExhaustedError` means it refuses.
+    """
+    torch.set_num_threads(max(1, int(str(node_config.get("torch-threads", 1)))))
+    data = local_data(plan, node_config)
+    model = _model(plan, state)
+    node = int(str(node_config.get("partition-id", 0)))
+    gen = seeded_generator(plan.seed, server_round, node)
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    metrics: dict[str, int | float] = {}
+    training = plan.training.model_copy(
+        update={"learning_rate": plan.training.learning_rate_at(server_round, plan.num_rounds)}
+    )
+    if plan.privacy.enabled:
+        model, result, metrics = _dp_round(
+            plan,
+            model,
+            data,
+            training=training,
+            device=device,
+            server_round=server_round,
+            gen=gen,
+        )
+    else:
+        result = train_plain(model, data, training, gen)
+    metrics |= {
+        "num-examples": result.num_examples,
+        "train-loss": result.loss if math.isfinite(result.loss) else -1.0,
+        "steps": result.steps,
+    }
+    return model.state_dict(), metrics
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on local data; reply with weights and metrics.
+
+    A device whose privacy budget would be exceeded replies with an error of
+    code :data:`BUDGET_EXHAUSTED` (and trains nothing); the server counts it.
+    """
+    plan = _plan(msg)
+    config = msg.content.config_records["config"]
+    started = time.perf_counter()
+    try:
+        state, metrics = local_train(
+            plan,
+            msg.content.array_records["arrays"].to_torch_state_dict(),
+            context.node_config,
+            int(str(config.get("server-round", 0))),
+            device_of(plan, context.node_config, context.node_id, context.run_id),
+        )
+    except BudgetExhaustedError as exc:
+        return Message(Error(code=BUDGET_EXHAUSTED, reason=str(exc)), reply_to=msg)
+    # Where a round's time goes: training here vs this process's whole life (a deployed
+    # SuperNode starts one ClientApp process per message; the difference is its start-up).
+    metrics["train-seconds"] = time.perf_counter() - started
+    metrics["process-seconds"] = time.time() - psutil.Process().create_time()
+    content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord({**metrics})})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_local(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on the device's local data."""
+    plan = _plan(msg)
+    data = local_data(plan, context.node_config)
+    state = msg.content.array_records["arrays"].to_torch_state_dict()
+    accuracy, loss = evaluate(_model(plan, state), data)
+    metrics = MetricRecord({"num-examples": len(data), "accuracy": accuracy, "loss": loss})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def plan_config(plan: ClientPlan) -> ConfigRecord:
+    """The train/evaluate message config that carries ``plan``."""
+    # exclude_unset: the client re-validates, and "field given" is part of the validation.
+    return ConfigRecord({PLAN_KEY: json.dumps(plan.model_dump(mode="json", exclude_unset=True))})

@@ -1,0 +1,134 @@
+"""Experiment files (TOML): typed, immutable, validated with errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from edgeai.configfile import Frozen, parse, read_mapping
+from edgeai.data.datasets import BUILTIN_DATASETS
+from edgeai.errors import ConfigError
+from edgeai.flower.plan import DataConfig, TrainingConfig
+from edgeai.privacy.config import CentralPrivacyConfig, PrivacyConfig
+
+MODEL_NAMES = (
+    "dp-cnn",
+    "dp-cnn-tiny",
+    "fedavg-2nn",
+    "fedavg-cnn",
+)  # kept in step with edgeai.models (tested)
+
+
+class FederationConfig(Frozen):
+    """How many clients exist and how many train in each round."""
+
+    num_clients: int = Field(ge=1)
+    clients_per_round: int | None = Field(default=None, ge=1)
+    fraction_per_round: float | None = Field(default=None, gt=0, le=1)
+    rounds: int = Field(ge=1)
+    round_timeout_s: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> FederationConfig:
+        if self.clients_per_round is not None and self.fraction_per_round is not None:
+            raise ConfigError("set clients_per_round or fraction_per_round, not both")
+        if self.clients_per_round is not None and self.clients_per_round > self.num_clients:
+            raise ConfigError(
+                f"clients_per_round = {self.clients_per_round} exceeds num_clients = "
+                f"{self.num_clients}; lower it or add clients"
+            )
+        return self
+
+    @property
+    def per_round(self) -> int:
+        """Clients sampled in each round (C·K in the FedAvg paper, at least 1)."""
+        if self.clients_per_round is not None:
+            return self.clients_per_round
+        if self.fraction_per_round is not None:
+            return max(1, round(self.fraction_per_round * self.num_clients))
+        return self.num_clients
+
+
+class SimulationConfig(Frozen):
+    """Where virtual clients run: Flower's simulation engine on Ray."""
+
+    # Empty: a local Ray instance.  "auto" or "ray://HOST:10001": an existing cluster.
+    ray_address: str = ""
+    cpus_per_client: float = Field(default=1.0, gt=0)
+    # CPUs Ray may use on this machine (local instance only); empty = all.
+    num_cpus: int | None = Field(default=None, ge=1)
+    torch_threads_per_client: int = Field(default=1, ge=1)
+
+
+class ModelConfig(Frozen):
+    """The model, by registered name."""
+
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in MODEL_NAMES:
+            raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+        return name
+
+
+class Experiment(Frozen):
+    """One simulation experiment: everything ``edgeai simulate`` needs."""
+
+    name: str
+    description: str = ""
+    seed: int = 0
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    federation: FederationConfig
+    training: TrainingConfig = TrainingConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    central_privacy: CentralPrivacyConfig = CentralPrivacyConfig()
+    simulation: SimulationConfig = SimulationConfig()
+
+
+def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Experiment:
+    """Read and validate an experiment TOML; relative data paths resolve beside the file.
+
+    ``overrides`` maps dotted field names (``federation.rounds``) to values.
+    """
+    raw = read_mapping(path)
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("dataset"), str):
+        name = data["dataset"]
+        if name not in BUILTIN_DATASETS:
+            resolved = (path.parent / name).resolve()
+            if not resolved.is_file():
+                raise ConfigError(
+                    f"{path}: data.dataset = {name!r}: no such file ({resolved}); use a "
+                    f"built-in data set ({', '.join(BUILTIN_DATASETS)}) or a path to an .npz"
+                )
+            data["dataset"] = str(resolved)
+    return parse(Experiment, raw, str(path))
+
+
+def check_experiment_data(exp: Experiment, source: Path | str) -> None:
+    """Load the experiment's data and check the fleet can be cut from it, before Ray starts.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``source``, the field and the fix.
+    """
+    from edgeai.data.datasets import load_dataset  # noqa: PLC0415
+    from edgeai.data.partition import check_partitionable  # noqa: PLC0415
+
+    split = load_dataset(exp.data.dataset, exp.data.validation_fraction, exp.data.split_seed)
+    try:
+        check_partitionable(split.train.y, exp.federation.num_clients, exp.data.partition)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc

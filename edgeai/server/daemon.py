@@ -1,0 +1,339 @@
+"""``edgeai server run``: the operator's supervisor — it wires the parts and holds little logic.
+
+Start order: broker (when managed) → telemetry collector and ``/metrics`` → TUF repository
+and its HTTP server → SuperLink → zeroconf advert → the training run. While the run goes,
+each new checkpoint that is due is proposed to the release manager (quality gate → compile
+per profile → sign → canary wave → promote or revoke), whose ``step`` runs every tick.
+``status.json`` in the state directory says what the server is doing, for ``edgeai demo``
+and for operators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgeai import __version__
+from edgeai.artifacts import ArtifactRepository, ServeHandle, serve
+from edgeai.cache import write_atomic
+from edgeai.discovery import FederationAdvert, ServerInfo
+from edgeai.errors import DataError
+from edgeai.flower.runspec import RunPaths, RunSpec, read_status
+from edgeai.server.broker import ManagedBroker, releases_user
+from edgeai.server.collector import Collector, CollectorConfig
+from edgeai.server.config import ServerConfig
+from edgeai.server.releases import ReleaseManager
+from edgeai.server.superlink import (
+    ControlAPIError,
+    ControlConnection,
+    RunStatus,
+    SuperLinkProcess,
+    status,
+    submit,
+    write_app_dir,
+)
+from edgeai.telemetry.mqtt import MqttOptions, PahoTransport
+from edgeai.telemetry.topics import release_topic
+
+log = logging.getLogger(__name__)
+
+
+class ExitCode:
+    """Exit codes of ``edgeai server run``."""
+
+    OK = 0  # stopped by a signal, or the run finished with --exit-when-done
+    FAILED = 1  # the run failed, or a part died
+    BAD_CONFIG = 2  # federation.toml or a file it names is invalid
+    CANNOT_START = 3  # a port is taken, the broker or the SuperLink did not come up
+
+
+class Announcer:
+    """Publishes retained release announcements (QoS 1) with the server's broker account."""
+
+    def __init__(self, options: MqttOptions, fleet: str) -> None:
+        self.fleet = fleet
+        self._transport = PahoTransport(options)
+        self._transport.connect()
+
+    def __call__(self, profile: str, body: dict[str, Any]) -> None:
+        """Announce ``body`` on ``releases/<profile>`` (retained)."""
+        payload = json.dumps(body, sort_keys=True).encode()
+        self._transport.publish(release_topic(self.fleet, profile), payload, 1, True)
+
+    def close(self) -> None:
+        """Flush and disconnect."""
+        self._transport.disconnect()
+
+
+class FederationServer:
+    """The server's parts, started in order and stopped in reverse."""
+
+    MAX_RESUBMITS = 3
+
+    def __init__(
+        self, config: ServerConfig, on_status: Callable[[dict[str, Any]], None] | None = None
+    ):
+        self.config = config
+        self.state = config.state_dir
+        self._on_status = on_status
+        self.broker: ManagedBroker | None = None
+        self.collector: Collector | None = None
+        self.repo: ArtifactRepository | None = None
+        self.artifacts: ServeHandle | None = None
+        self.superlink: SuperLinkProcess | None = None
+        self.advert: FederationAdvert | None = None
+        self.announcer: Announcer | None = None
+        self.releases: ReleaseManager | None = None
+        self.run_id: int | None = None
+        self.run_status: RunStatus | None = None
+        self.metrics_url: str | None = None
+        self._proposed: set[int] = set()
+        self._resubmits = 0
+        self._alerted: int | None = None
+        self._stop = threading.Event()
+
+    # -- start / stop ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every part; on failure, stop what was started and re-raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        cfg = self.config
+        self.state.mkdir(parents=True, exist_ok=True)
+        collector_cfg = cfg.collector
+        if cfg.broker.manage:
+            self.broker = ManagedBroker(cfg.broker).start()
+            creds = self.broker.server_credentials()
+            collector_cfg = collector_cfg.model_copy(update=creds.settings())
+        self.collector = Collector(collector_cfg)
+        self.collector.start()
+        self.metrics_url = self.collector.serve_metrics(cfg.metrics_host, cfg.metrics_port).url
+        self.announcer = Announcer(_announcer_options(collector_cfg), cfg.fleet)
+        art = cfg.artifacts
+        self.repo = (
+            ArtifactRepository.open(
+                art.repository, keys_dir=art.keys_dir, targets_key=art.targets_key
+            )
+            if (art.repository / "metadata").is_dir()
+            else ArtifactRepository.create(art.repository, keys_dir=art.keys_dir)
+        )
+        self.artifacts = serve(self.repo.path, cfg.artifacts.host, cfg.artifacts.port)
+        self.superlink = SuperLinkProcess(cfg.superlink)
+        self.superlink.start()
+        self.releases = ReleaseManager(self.repo, self.collector, self.announcer, cfg.releases)
+        if cfg.discovery is not None:
+            self.advert = FederationAdvert(cfg.discovery)
+            self.advert.advertise(
+                ServerInfo(
+                    fleet=cfg.fleet,
+                    superlink=cfg.superlink.address,
+                    artifact_url=self.artifact_url,
+                    mqtt_url=collector_cfg.broker_url,
+                    version=__version__,
+                )
+            )
+        if cfg.run is not None:
+            self._submit()
+        self._write_status()
+
+    @property
+    def artifact_url(self) -> str:
+        """The repository URL agents use (configured, or the bound address)."""
+        if self.config.artifacts.base_url:
+            return self.config.artifacts.base_url
+        return self.artifacts.url if self.artifacts is not None else ""
+
+    @property
+    def run_paths(self) -> RunPaths:
+        """Where the training run writes checkpoints, rounds.jsonl and status.json."""
+        return RunPaths(self.state / "run")
+
+    def _connection(self) -> ControlConnection:
+        return ControlConnection.of(self.config.superlink)
+
+    def _submit(self) -> None:
+        from edgeai.flower.experiment import load_experiment  # noqa: PLC0415  (train extra)
+
+        run = self.config.run
+        assert run is not None  # noqa: S101  (only called with a run configured)
+        overrides: dict[str, object] = {}
+        if run.rounds is not None:
+            overrides["federation.rounds"] = run.rounds
+        spec = RunSpec(
+            experiment=load_experiment(run.experiment, overrides),
+            out_dir=self.run_paths.root,
+            min_nodes=run.min_nodes,
+            node_wait_s=run.node_wait_s,
+        )
+        home = self.config.superlink.flwr_home or self.state / "flwr-home"
+        self.run_id = submit(self._connection(), spec, write_app_dir(home))
+        log.info("submitted run %s", self.run_id)
+
+    def stop(self) -> None:
+        """Stop every part that was started, in reverse order."""
+        self._stop.set()
+        parts: list[tuple[str, Callable[[], object] | None]] = [
+            ("advert", self.advert.close if self.advert is not None else None),
+            ("superlink", self.superlink.stop if self.superlink is not None else None),
+            ("artifacts", self.artifacts.close if self.artifacts is not None else None),
+            ("announcer", self.announcer.close if self.announcer is not None else None),
+            ("collector", self.collector.stop if self.collector is not None else None),
+            ("broker", self.broker.stop if self.broker is not None else None),
+        ]
+        for name, close in parts:
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception:  # one part failing to stop must not keep the others running
+                log.exception("stopping %s failed", name)
+        self.advert = self.superlink = self.artifacts = self.announcer = None
+        self.collector = self.broker = None
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One step: follow the run, propose due checkpoints, judge release waves."""
+        if self.run_id is not None and not (self.run_status and self.run_status.finished):
+            try:
+                self.run_status = status(self._connection(), self.run_id)
+            except ControlAPIError as exc:  # e.g. the SuperLink is restarting
+                log.warning("run %s: %s", self.run_id, exc)
+            self._resubmit_if_cut_off()
+        self._propose_due()
+        if self.releases is not None:
+            for change in self.releases.step():
+                log.info("release change: %s", change)
+        self._write_status()
+
+    def _resubmit_if_cut_off(self) -> None:
+        # A SuperLink that restarts ends the run in flight as failed (its ServerApp process
+        # died with it). Submitting the same spec again resumes from the last checkpoint and
+        # the persisted accountant; a run that keeps failing is given up after a few tries.
+        st = self.run_status
+        if st is None or not st.finished or st.ok or st.sub_status == "stopped":
+            return
+        server_app = read_status(self.run_paths) or {}
+        if server_app.get("state") not in (None, "running", "starting") or (
+            self._resubmits >= self.MAX_RESUBMITS
+        ):
+            # The ServerApp said why it ended (too few nodes, budgets ...), or it keeps
+            # failing: alert once and leave it to the operator.
+            if self._alerted != st.run_id:
+                self._alerted = st.run_id
+                log.error(
+                    "run %s ended %s: %s",
+                    st.run_id,
+                    st.sub_status,
+                    server_app.get("reason") or st.details or "no details",
+                )
+            return
+        self._resubmits += 1
+        log.warning(
+            "run %s ended %s (%s); resubmitting (%d/%d) to resume from its checkpoint",
+            st.run_id,
+            st.sub_status,
+            st.details,
+            self._resubmits,
+            self.MAX_RESUBMITS,
+        )
+        try:
+            self._submit()
+            self.run_status = None
+        except ControlAPIError as exc:
+            log.warning("resubmitting failed: %s", exc)
+
+    def _propose_due(self) -> None:
+        run, releases = self.config.run, self.releases
+        if run is None or releases is None:
+            return
+        files = self.run_paths.checkpoint_files()
+        if not files:
+            return
+        # Only a run that completed releases its last checkpoint (a cut-off run is resumed).
+        finished = bool(self.run_status and self.run_status.ok)
+        for path in files:
+            number = int(path.stem.split("-")[1])
+            last = path == files[-1]
+            due = (run.release_every and number % run.release_every == 0) or (last and finished)
+            if number in self._proposed or not due:
+                continue
+            self._proposed.add(number)
+            try:
+                releases.propose_checkpoint(path)
+            except DataError as exc:  # never the loop's own checkpoints; say so, go on
+                log.error("checkpoint %s not proposed: %s", path, exc)
+
+    def serve_forever(self, tick_s: float = 1.0, exit_when_done: bool = False) -> int:
+        """Tick until stopped (or, with ``exit_when_done``, until the run and releases end)."""
+        while not self._stop.wait(tick_s):
+            self.tick()
+            if exit_when_done and self._done():
+                return ExitCode.OK if self.run_status and self.run_status.ok else ExitCode.FAILED
+        return ExitCode.OK
+
+    def _done(self) -> bool:
+        if self.run_status is None or not self.run_status.finished:
+            return False
+        return not (self.releases and self.releases.in_flight())
+
+    def request_stop(self) -> None:
+        """Make :meth:`serve_forever` return (signal handlers call this)."""
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        """What the server is doing: run, rounds, releases, endpoints."""
+        rounds = []
+        if self.run_paths.rounds.is_file():
+            rounds = [json.loads(line) for line in self.run_paths.rounds.read_text().splitlines()]
+        return {
+            "ts": time.time(),
+            "fleet": self.config.fleet,
+            "superlink": self.config.superlink.address,
+            "artifact_url": self.artifact_url,
+            "broker_url": self.broker.url if self.broker else self.config.collector.broker_url,
+            "metrics_url": self.metrics_url,
+            "run": {
+                "id": self.run_id,
+                "status": self.run_status.status if self.run_status else None,
+                "sub_status": self.run_status.sub_status if self.run_status else None,
+                "details": self.run_status.details if self.run_status else None,
+                "server_app": read_status(self.run_paths),
+                "rounds": rounds,
+            },
+            "releases": self.releases.status() if self.releases else None,
+        }
+
+    def _write_status(self) -> None:
+        body = self.status()
+        write_atomic(self.state / "status.json", json.dumps(body, indent=2, default=str).encode())
+        if self._on_status is not None:
+            self._on_status(body)
+
+
+def _announcer_options(cfg: CollectorConfig) -> MqttOptions:
+    # Its own account (same password): the broker takes the client id from the user name
+    # (use_username_as_clientid), so the collector's login would kick the collector off.
+    options = cfg.mqtt_options()
+    username = releases_user(options.username) if options.username else None
+    return dataclasses.replace(options, client_id=f"edgeai-releases-{cfg.fleet}", username=username)
+
+
+def read_server_status(state_dir: Path) -> dict[str, Any] | None:
+    """The server's last ``status.json`` (None before it wrote one)."""
+    try:
+        data: dict[str, Any] = json.loads((state_dir / "status.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data
