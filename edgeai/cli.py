@@ -194,6 +194,70 @@ def bench(
     render(report, console)
 
 
+@app.command()
+def dashboard(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The server's federation.toml.")],
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port (default: [dashboard] port).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Host (default: [dashboard] host).")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGEAI_DASHBOARD_TOKEN",
+            help="Bearer token (default: [dashboard] token); required off loopback.",
+        ),
+    ] = None,
+) -> None:
+    """Serve the read-only API and page from a server's state directory, until Ctrl-C.
+
+    The same view `edgeai server run` serves: nodes, runs and rounds, releases, alerts
+    (docs/DASHBOARD.md). Exit codes: 0 stopped, 1 cannot listen, 2 invalid configuration.
+    """
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from edgeai.server.config import load_server_config  # noqa: PLC0415
+    from edgeai.server.dashboard import (  # noqa: PLC0415
+        DashboardConfig,
+        DashboardError,
+        DashboardServer,
+        StateSource,
+    )
+
+    try:
+        cfg = load_server_config(config)
+        given = {"host": host, "port": port, "token": token}
+        overrides = {k: v for k, v in given.items() if v is not None}
+        settings = DashboardConfig.model_validate(
+            {**cfg.dashboard.model_dump(exclude_unset=True), **overrides}
+        )
+    except EdgeAIError as exc:
+        raise fail(exc) from None
+    except ValidationError as exc:
+        messages = "; ".join(e["msg"] for e in exc.errors())
+        raise fail(ValueError(f"{config} [dashboard] with the options given: {messages}")) from None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server = DashboardServer(StateSource.of(cfg), settings, cfg.fleet).start()
+    except DashboardError as exc:
+        raise fail(exc, ExitCode.FAILED) from None
+    err_console.print(
+        f"dashboard of fleet {cfg.fleet!r} ({cfg.state_dir}, read-only): {server.url}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    try:
+        stop.wait()
+    finally:
+        server.close()
+
+
 def main() -> None:
     """Entry point of the ``edgeai`` console script."""
     app()

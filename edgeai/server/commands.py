@@ -62,7 +62,8 @@ def run(
     status = server.status()
     typer.echo(
         f"federation {status['fleet']!r}: superlink {status['superlink']}, artifacts "
-        f"{status['artifact_url']}, broker {status['broker_url']}, metrics {status['metrics_url']}",
+        f"{status['artifact_url']}, broker {status['broker_url']}, metrics {status['metrics_url']}"
+        + (f", dashboard {status['dashboard_url']}" if status.get("dashboard_url") else ""),
         err=True,
     )
     try:

@@ -1,8 +1,8 @@
 """``federation.toml``: the operator's server, validated when it is read.
 
 Sections: ``[superlink]``, ``[broker]``, ``[artifacts]``, ``[collector]``, ``[releases]``,
-``[discovery]`` and ``[run]`` (see ``server/federation.toml``). Relative paths are resolved
-against ``state_dir`` (itself relative to the file's folder).
+``[dashboard]``, ``[discovery]`` and ``[run]`` (see ``server/federation.toml``). Relative
+paths are resolved against ``state_dir`` (itself relative to the file's folder).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from edgeai.discovery.config import DiscoveryConfig
 from edgeai.errors import ConfigError, EdgeAIError
 from edgeai.server.broker import BrokerConfig
 from edgeai.server.collector import CollectorConfig
+from edgeai.server.dashboard.config import DashboardConfig
 from edgeai.server.releases import ReleaseConfig
 from edgeai.server.superlink import SuperLinkConfig
 
@@ -56,6 +57,7 @@ class ServerConfig(Frozen):
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
     collector: CollectorConfig = Field(default_factory=CollectorConfig)
     releases: ReleaseConfig
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)  # the operator's page
     discovery: DiscoveryConfig | None = Field(default_factory=DiscoveryConfig)  # false: off
     run: RunConfig | None = None
 

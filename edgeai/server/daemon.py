@@ -1,6 +1,7 @@
 """``edgeai server run``: the operator's supervisor — it wires the parts and holds little logic.
 
-Start order: broker (when managed) → telemetry collector and ``/metrics`` → TUF repository
+Start order: broker (when managed) → telemetry collector, ``/metrics`` and the read-only
+dashboard (``[dashboard]``, edgeai/server/dashboard/) → TUF repository
 and its HTTP server → SuperLink → zeroconf advert → the training run. While the run goes,
 each new checkpoint that is due is proposed to the release manager (quality gate → compile
 per profile → sign → canary wave → promote or revoke), whose ``step`` runs every tick.
@@ -28,6 +29,7 @@ from edgeai.flower.runspec import RunPaths, RunSpec, read_status
 from edgeai.server.broker import ManagedBroker, releases_user
 from edgeai.server.collector import Collector, CollectorConfig
 from edgeai.server.config import ServerConfig
+from edgeai.server.dashboard import DashboardServer, StateSource
 from edgeai.server.releases import ReleaseManager
 from edgeai.server.superlink import (
     ControlAPIError,
@@ -93,6 +95,7 @@ class FederationServer:
         self.run_id: int | None = None
         self.run_status: RunStatus | None = None
         self.metrics_url: str | None = None
+        self.dashboard: DashboardServer | None = None
         self._proposed: set[int] = set()
         self._resubmits = 0
         self._alerted: int | None = None
@@ -119,6 +122,9 @@ class FederationServer:
         self.collector = Collector(collector_cfg)
         self.collector.start()
         self.metrics_url = self.collector.serve_metrics(cfg.metrics_host, cfg.metrics_port).url
+        if cfg.dashboard.enabled:  # reads the state dir only, like `edgeai dashboard`
+            self.dashboard = DashboardServer(StateSource.of(cfg), cfg.dashboard, cfg.fleet)
+            self.dashboard.start()
         self.announcer = Announcer(_announcer_options(collector_cfg), cfg.fleet)
         art = cfg.artifacts
         self.repo = (
@@ -188,6 +194,7 @@ class FederationServer:
             ("superlink", self.superlink.stop if self.superlink is not None else None),
             ("artifacts", self.artifacts.close if self.artifacts is not None else None),
             ("announcer", self.announcer.close if self.announcer is not None else None),
+            ("dashboard", self.dashboard.close if self.dashboard is not None else None),
             ("collector", self.collector.stop if self.collector is not None else None),
             ("broker", self.broker.stop if self.broker is not None else None),
         ]
@@ -200,6 +207,7 @@ class FederationServer:
                 log.exception("stopping %s failed", name)
         self.advert = self.superlink = self.artifacts = self.announcer = None
         self.collector = self.broker = None
+        self.dashboard = None
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -304,6 +312,7 @@ class FederationServer:
             "artifact_url": self.artifact_url,
             "broker_url": self.broker.url if self.broker else self.config.collector.broker_url,
             "metrics_url": self.metrics_url,
+            "dashboard_url": self.dashboard.url if self.dashboard else None,
             "run": {
                 "id": self.run_id,
                 "status": self.run_status.status if self.run_status else None,
