@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from concurrent.futures import Future
 
@@ -12,6 +13,11 @@ from edgeai.errors import EdgeAIError
 from edgeai.server.dashboard.app import make_app
 from edgeai.server.dashboard.config import DashboardConfig
 from edgeai.server.dashboard.source import StateSource
+
+# aiohttp logs every malformed request (a 400 it already answered) with a traceback at
+# ERROR: anyone who can reach the port could fill the server's log. Quiet unless asked.
+_protocol_log = logging.getLogger("edgeai.server.dashboard.protocol")
+_protocol_log.setLevel(logging.CRITICAL)
 
 
 class DashboardError(EdgeAIError, OSError):
@@ -88,7 +94,9 @@ class DashboardServer:
     async def _bind(self) -> int:
         app = make_app(self.source, self.config, self.fleet)
         # Access logs off: a page that refreshes itself would fill the server's log.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, logger=_protocol_log
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
@@ -98,6 +106,7 @@ class DashboardServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self._loop.shutdown_default_executor()  # the file readers' threads end here
 
     def close(self) -> None:
         """Stop serving and close the state source (idempotent)."""
