@@ -134,8 +134,7 @@ def resolve_ref(ref: str, base_dir: Path | str | None = None) -> object:
         ) from exc
     except Exception as exc:  # a user's module may raise anything while importing
         raise ConfigError(
-            f"task.ref = {ref!r}: importing {module_name!r} failed: "
-            f"{type(exc).__name__}: {exc}"
+            f"task.ref = {ref!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
         ) from exc
     target: object = module
     for part in attr_path.split("."):
