@@ -20,6 +20,13 @@
     var kind = el.dataset.series;
     var columns = kind === "accuracy" ? [run.round, run.accuracy] : [run.round, run.epsilon, run.client_epsilon];
     var series = [{ label: "round" }].concat(SERIES[kind]);
+    // A series with no value at all (no client-level DP in this run) is left out.
+    for (var c = columns.length - 1; c > 1; c--) {
+      if (columns[c].every(function (v) { return v === null; })) {
+        columns.splice(c, 1);
+        series.splice(c, 1);
+      }
+    }
     var width = Math.max(280, (el.clientWidth || 480) - 16);
     var opts = {
       title: kind === "accuracy" ? "accuracy per round" : "ε spent per round",
