@@ -99,6 +99,8 @@ def write_federation(root: Path) -> Path:
 state_dir = "{state}"
 metrics_port = 0
 discovery = false
+[dashboard]
+port = 0
 [superlink]
 host = "127.0.0.1"
 port = {free_port()}

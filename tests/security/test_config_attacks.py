@@ -77,6 +77,8 @@ def federation(tmp_path: Path, calibration: str, run: str = "") -> Path:
 state_dir = "state"
 metrics_port = 0
 discovery = false
+[dashboard]
+port = 0
 [superlink]
 host = "127.0.0.1"
 port = {free_port()}

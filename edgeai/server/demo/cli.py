@@ -38,6 +38,7 @@ def demo(
         console.print(f"[bold]edgeai demo[/]: workspace {root}")
         d.prepare()
         d.start()
+        console.print(f"dashboard: {d.dashboard_url} (read-only; also `edgeai dashboard`)")
         with Live(_view(d, started), console=console, refresh_per_second=2) as live:
             try:
                 d.wait(timeout, on_tick=lambda: live.update(_view(d, started)))

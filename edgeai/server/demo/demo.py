@@ -64,9 +64,11 @@ class Demo:
     service_type: str = ""
     agent_type: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    dashboard_port: int = 0  # the server's read-only dashboard (chosen in __post_init__)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self.dashboard_port = self.dashboard_port or free_port()
         tag = secrets.token_hex(3)  # DNS-SD service names: at most 15 characters after "_"
         self.service_type = f"_edgeai-{tag}._tcp.local."
         self.agent_type = f"_edgeaiag-{tag}._tcp.local."
@@ -87,6 +89,11 @@ class Demo:
         )
 
     # -- files -------------------------------------------------------------------------------
+
+    @property
+    def dashboard_url(self) -> str:
+        """The page `edgeai server run` serves for this demo (docs/DASHBOARD.md)."""
+        return f"http://127.0.0.1:{self.dashboard_port}/"
 
     @property
     def server_dir(self) -> Path:
@@ -358,6 +365,8 @@ ack_timeout_s = 300
 [releases.compile_options]
 calibration_samples = 200
 eval_samples = 500
+[dashboard]
+port = {demo.dashboard_port}
 {demo.discovery_toml}[run]
 experiment = "experiment.toml"
 min_nodes = {len(demo.profiles)}
