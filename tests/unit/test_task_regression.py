@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from edgeai.errors import ConfigError
-from edgeai.task import Task
+from edgeai.task import Task, TaskConfig, load_task
 from edgeai.task.builtin.regression import RegressionTask, load_diabetes_arrays
+from edgeai.task.validate import validate_task
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +116,9 @@ def test_bad_options_name_the_option() -> None:
         RegressionTask(validation_fraction=1.5)
     with pytest.raises(ConfigError, match="hidden"):
         RegressionTask(hidden=-1)
+
+
+def test_built_in_name_loads_and_validates_with_dp() -> None:
+    task = load_task(TaskConfig(name="regression", options={"hidden": 8}))
+    assert isinstance(task, RegressionTask)
+    validate_task(task, dp_enabled=True)

@@ -19,12 +19,16 @@ from torch.utils.data import Dataset, TensorDataset
 
 from edgeai.errors import ConfigError
 from edgeai.task.base import Task
+from edgeai.task.registry import register
 
 _Pairs = Dataset[tuple[torch.Tensor, ...]]
 
 
 class Standardize(nn.Module):
     """``(x - mean) / std`` with fixed (non-trainable) buffers, exported with the model."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
@@ -111,10 +115,10 @@ class RegressionTask(Task):
         split_seed: int = 0,
     ) -> None:
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ConfigError(f"task regression: option hidden = {hidden!r}; use an integer >= 1")
+            raise ConfigError(f"option hidden = {hidden!r}; use an integer >= 1")
         if not 0.0 < validation_fraction < 1.0:
             raise ConfigError(
-                f"task regression: option validation_fraction = {validation_fraction!r}; "
+                f"option validation_fraction = {validation_fraction!r}; "
                 "use a number between 0 and 1"
             )
         self.hidden = hidden
@@ -156,3 +160,6 @@ class RegressionTask(Task):
     def example_input(self) -> torch.Tensor:
         """The first four validation patients' raw features, float32 (4, 10)."""
         return self._x[self._val_idx[:4]].clone()
+
+
+register("regression", RegressionTask)

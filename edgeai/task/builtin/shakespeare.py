@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from edgeai.errors import ConfigError
 from edgeai.task.base import Task
+from edgeai.task.registry import register
 
 WINDOW = 80
 TEXT_PATH = Path(__file__).resolve().parents[2] / "data" / "builtin" / "tinyshakespeare.txt.gz"
@@ -151,11 +152,18 @@ class CharLSTM(nn.Module):
         dp_lstm: bool = False,
     ) -> None:
         super().__init__()
+        self.layers = layers
         self.embed = nn.Embedding(vocab_size, embed_dim)
         if dp_lstm:
             from opacus.layers import DPLSTM  # noqa: PLC0415 (opacus is slow to import)
 
             self.lstm: nn.Module = DPLSTM(embed_dim, hidden, num_layers=layers, batch_first=True)
+            # Nested, DPLSTM's state_dict holds each weight twice (nn.LSTM's name and its
+            # own) in another order: keep nn.LSTM's keys and order, so weights travel as
+            # the same arrays with or without DP, and accept them back.
+            # torch leaves both hook registrations unannotated.
+            self.register_state_dict_post_hook(_lstm_keys_only)  # type: ignore[no-untyped-call]
+            self.register_load_state_dict_pre_hook(_dplstm_aliases)  # type: ignore[no-untyped-call]
         else:
             self.lstm = nn.LSTM(embed_dim, hidden, num_layers=layers, batch_first=True)
         self.head = nn.Linear(hidden, vocab_size)
@@ -167,9 +175,42 @@ class CharLSTM(nn.Module):
         return logits
 
 
+_LSTM_ORDER = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def _lstm_keys_only(
+    module: nn.Module, state: dict[str, torch.Tensor], prefix: str, metadata: object
+) -> None:
+    """Drop DPLSTM's own keys and put the rest in ``nn.LSTM``'s order, in place."""
+    del metadata
+    layers = module.layers if isinstance(module, CharLSTM) else 0
+    keys = [k for k in state if k.startswith(prefix)]
+    ours = {k: state.pop(k) for k in keys}
+    lstm = [f"{prefix}lstm.{kind}_l{layer}" for layer in range(layers) for kind in _LSTM_ORDER]
+    emitted = False
+    for key in keys:
+        if not key.startswith(prefix + "lstm."):
+            state[key] = ours[key]
+        elif not emitted:
+            state.update((name, ours[name]) for name in lstm)
+            emitted = True
+
+
+def _dplstm_aliases(
+    module: nn.Module, state: dict[str, torch.Tensor], prefix: str, *args: object
+) -> None:
+    """Give each ``lstm.weight_ih_l0`` its DPLSTM twin ``lstm.l0.ih.weight``."""
+    del module, args
+    for key in list(state):
+        match = re.fullmatch(re.escape(prefix) + r"lstm\.(weight|bias)_(ih|hh)_l(\d+)", key)
+        if match:
+            kind, gate, layer = match.groups()
+            state.setdefault(f"{prefix}lstm.l{layer}.{gate}.{kind}", state[key])
+
+
 def _at_least(name: str, value: int, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"task shakespeare: option {name} = {value!r}; use an integer >= {low}")
+        raise ConfigError(f"option {name} = {value!r}; use an integer >= {low}")
     return value
 
 
@@ -208,7 +249,7 @@ class ShakespeareTask(Task):
         self.holdout_every = _at_least("holdout_every", holdout_every, 2)
         self.val_windows = _at_least("val_windows", val_windows, 0)
         if not isinstance(dp_lstm, bool):
-            raise ConfigError(f"task shakespeare: option dp_lstm = {dp_lstm!r}; use true or false")
+            raise ConfigError(f"option dp_lstm = {dp_lstm!r}; use true or false")
         self.dp_lstm = dp_lstm
         self._datasets: tuple[CharWindows, CharWindows] | None = None
         self._role_ranges: list[range] = []
@@ -276,7 +317,7 @@ class ShakespeareTask(Task):
         ranked = sorted((r for r in self._role_ranges if len(r) > 0), key=lambda r: -len(r))
         if not 1 <= num_clients <= len(ranked):
             raise ConfigError(
-                f"task shakespeare: {num_clients} clients but {len(ranked)} training roles "
+                f"{num_clients} clients but {len(ranked)} training roles "
                 f"with at least {WINDOW + 1} characters; use at most {len(ranked)} clients"
             )
         order = np.random.default_rng(seed).permutation(num_clients)
@@ -285,3 +326,6 @@ class ShakespeareTask(Task):
     def onnx_metadata(self) -> Mapping[str, str]:
         """``edgeai.vocab``: the symbols in id order, as a JSON list."""
         return {"edgeai.vocab": json.dumps(list(self.corpus.vocab))}
+
+
+register("shakespeare", ShakespeareTask)
