@@ -3,12 +3,14 @@
 The fleet database is written by the real collector (its state machine and store), fed
 telemetry envelopes through the in-memory subscriber; the run's files, the release
 manager's state and the server's status.json are written by the functions the server
-uses. Used by the dashboard's tests and by bench/bench_dashboard.py.
+uses. Used by the dashboard's tests and by bench/bench_dashboard.py, with a raw HTTP client
+that sends request targets byte for byte.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,3 +195,57 @@ def populate(
              for k, p in enumerate(PROFILES)}  # fmt: skip
     write_releases(state_dir, waves, now)
     return State(write_config(root, state_dir), state_dir, db, rounds_path, names)
+
+
+# -- talking to it ---------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def request(
+    port: int, target: str, method: str = "GET", host: str = "127.0.0.1", **headers: str
+) -> Reply:
+    """One HTTP/1.1 request with the target sent byte for byte (no client normalisation)."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {headers.pop('Host', host)}"]
+    lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
+    lines += ["Connection: close", "", ""]
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall("\r\n".join(lines).encode("latin-1", errors="replace"))
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = dict(line.split(": ", 1) for line in header_lines if ": " in line)
+    if parsed.get("Transfer-Encoding") == "chunked":
+        body = _unchunk(body)
+    return Reply(int(status_line.split()[1]), parsed, body)
+
+
+def _unchunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        out, data = out + data[:size], data[size + 2 :]
+    return out
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file's size and mtime, but SQLite's ``-shm``: the WAL index in shared memory
+    that every reader, read-only ones included, maps and marks (`fleet status` too)."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith("-shm")
+    }

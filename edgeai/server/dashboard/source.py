@@ -188,7 +188,8 @@ class StateSource:
 
     def fleet(self) -> list[dict[str, Any]]:
         """The rows of ``edgeai fleet status --json``."""
-        return [finite(n.as_json()) for n in self.nodes()]
+        # No finite() pass: the collector stores no NaN or infinity (its parsers drop them).
+        return [n.as_json() for n in self.nodes()]
 
     def received(self) -> dict[str, Seen]:
         """Each node's last receive time by the server's clock."""
