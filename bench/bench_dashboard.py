@@ -12,6 +12,7 @@ with each record's JSON decoded). Prints p50/p95 and the ratio of the p95s.
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import json
 import os
@@ -97,6 +98,7 @@ def main() -> None:
         "sqlite3: SELECT rows": sqlite_rows(state.db, decode=False),
         "sqlite3: SELECT + json.loads": sqlite_rows(state.db, decode=True),
     }
+    gc.freeze()  # as `edgeai dashboard` does: the reference's GC pauses skip the imports too
     try:
         sizes = {name: fn() for name, fn in cases.items()}  # warm-up (and the incremental read)
         times: dict[str, list[float]] = {name: [] for name in cases}

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +98,64 @@ def test_urllib_sees_the_same_as_a_browser_would(server: DashboardServer) -> Non
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(server.url + "api/v1/nothing", timeout=10)  # noqa: S310
     assert err.value.code == 404
+
+
+def test_server_run_serves_the_dashboard_and_prints_its_url(tmp_path: Path) -> None:
+    import numpy as np  # noqa: PLC0415
+
+    from tests.mosquitto import free_port  # noqa: PLC0415
+
+    state_dir = tmp_path / "server"
+    state_dir.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(state_dir / "cal.npz", X=rng.integers(0, 255, (8, 28, 28), dtype=np.uint8),
+             y=np.arange(8) % 10)  # fmt: skip
+    config = state_dir / "federation.toml"
+    config.write_text(
+        f'fleet = "dash"\nstate_dir = "{state_dir}"\nmetrics_port = 0\ndiscovery = false\n'
+        "[dashboard]\nport = 0\n"
+        f'[superlink]\nhost = "127.0.0.1"\nport = {free_port()}\ndatabase = "superlink.db"\n'
+        "insecure = true\nnode_auth = false\n"
+        f'[broker]\nmanage = true\nhost = "127.0.0.1"\nport = {free_port()}\ndata_dir = "broker"\n'
+        f'[artifacts]\nrepository = "tuf"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        '[releases]\nstate_dir = "releases"\ncalibration = "cal.npz"\n',
+        encoding="utf-8",
+    )
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    log = tmp_path / "server.log"
+    argv = [sys.executable, "-m", "edgeai.cli", "server", "run", "-c", str(config)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        found = None
+        while found is None:
+            text = log.read_text(errors="replace")
+            found = re.search(r"dashboard (http://127\.0\.0\.1:(\d+)/)", text)
+            assert proc.poll() is None, text[-3000:]
+            assert time.monotonic() < deadline, f"no dashboard URL in 120 s:\n{text[-3000:]}"
+            time.sleep(0.1)
+        port = int(found.group(2))
+        status = json.loads((state_dir / "status.json").read_text())
+        assert status["dashboard_url"] == found.group(1)
+        fleet = request(port, "/api/v1/fleet")
+        cli = subprocess.run(
+            [*argv[:3], "fleet", "status", "--json", "--config", str(config)],
+            capture_output=True, check=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert fleet.status == 200
+        assert fleet.json() == json.loads(cli.stdout) == []
+        assert request(port, "/api/v1/releases").json() == {
+            "serving": {}, "in_flight": [], "releases": [],
+        }  # fmt: skip
+        assert request(port, "/").status == 200
+        assert request(port, "/api/v1/fleet", method="DELETE").status == 405
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
