@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import numpy as np
 import psutil
 
 from bench.bench_serving import request, start_server
+from edgeai.plumbing.processes import terminate, wait_until
 from edgeai.serving._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
 REFERENCE = """
@@ -71,7 +71,8 @@ def agent_run(
 ) -> tuple[tuple[float, float], bool]:
     """Start ``edgeai agent run`` with every inference-only part; its warmed-up RSS/USS."""
     from edgeai.artifacts import ArtifactRepository, serve  # noqa: PLC0415
-    from tests.mosquitto import Mosquitto, free_port  # noqa: PLC0415
+    from edgeai.plumbing.processes import free_port  # noqa: PLC0415
+    from tests.mosquitto import Mosquitto  # noqa: PLC0415
 
     repo = ArtifactRepository.create(tmp / "repo")
     http = free_port()
@@ -95,22 +96,25 @@ def agent_run(
             tensor = {"name": "input", "datatype": "FP32", "shape": list(x.shape)}
             body = json.dumps({"inputs": [{**tensor, "data": x.ravel().tolist()}]}).encode()
             url = f"http://127.0.0.1:{http}/v2/models/{name}/infer"
-            deadline = time.monotonic() + 60
-            while True:
+
+            def answers() -> bool:
                 try:
                     urllib.request.urlopen(url, body).read()
-                    break
                 except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise
-                    time.sleep(0.1)
+                    return False
+                return True
+
+            def alive() -> None:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"edgeai agent run exited with {proc.returncode}")
+
+            wait_until(answers, 60, f"{url} to answer", poll_s=0.1, check=alive)
             for _ in range(400):
                 urllib.request.urlopen(url, body).read()
             time.sleep(3)  # a few update checks and metrics rounds
             return mib(proc.pid), mapped(proc.pid, "libtorch")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+            terminate(proc, 60)
 
 
 def main() -> None:
@@ -137,8 +141,7 @@ def main() -> None:
             torch_in = mapped(proc.pid, "libtorch")
             ort_in = mapped(proc.pid, "onnxruntime")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(30)
+            code = terminate(proc, 30)
         daemon, daemon_torch = agent_run(bundle, Path(tmp), name, x)
         ref_proc = subprocess.Popen(
             [sys.executable, "-c", REFERENCE, str(bundle / "model.onnx")],

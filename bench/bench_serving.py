@@ -34,7 +34,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from edgeai.plumbing.processes import terminate, wait_until
 from edgeai.serving._proto import grpc_predict_v2_pb2 as pb
 from edgeai.serving._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
@@ -92,18 +92,19 @@ def start_server(
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     if cpus:
         pin_all_threads(proc.pid, cpus)  # before the interpreter starts any thread
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        match = LISTENING.search(log.read_text())
-        if match:
-            if cpus:  # again: threads started meanwhile inherited it, but make sure
-                pin_all_threads(proc.pid, cpus)
-            return proc, match.group(1), int(match.group(3))
+
+    def alive() -> None:
         if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"server did not start:\n{log.read_text()}")
+            raise ChildProcessError(f"exited with {proc.returncode}")
+
+    try:
+        match = wait_until(lambda: LISTENING.search(log.read_text()), 60, "serve", check=alive)
+    except (TimeoutError, ChildProcessError) as exc:
+        proc.kill()
+        raise SystemExit(f"server did not start ({exc}):\n{log.read_text()}") from exc
+    if cpus:  # again: threads started meanwhile inherited it, but make sure
+        pin_all_threads(proc.pid, cpus)
+    return proc, match.group(1), int(match.group(3))
 
 
 def request(x: np.ndarray, name: str) -> Any:
@@ -292,8 +293,7 @@ def main() -> None:
             ):
                 run(args, manifest["model"]["name"], grpc_addr, http_port, client, ref)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+            terminate(proc, 30)
 
 
 def run(  # noqa: PLR0917

@@ -41,6 +41,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edgeai.plumbing.processes import wait_until
 from edgeai.telemetry import Envelope, NodeTopics, Telemetry, TelemetryConfig
 from edgeai.telemetry.mqtt import _Client as EdgeaiClient
 from tests.mosquitto import Mosquitto
@@ -96,11 +97,7 @@ def outbox(broker: Mosquitto, n: int, inflight: int, tmp: Path, burst: int = 0) 
     t = Telemetry(config, "outbox")
     t.start()
     try:
-        deadline = time.monotonic() + 10
-        while not t.stats()["connected"]:
-            if time.monotonic() > deadline:
-                raise RuntimeError("telemetry did not connect")
-            time.sleep(0.005)
+        wait_until(lambda: t.stats()["connected"], 10, "telemetry to connect", poll_s=0.005)
         t0 = time.perf_counter()
         if burst:
             for start in range(0, n, burst):

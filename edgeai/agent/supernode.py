@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from edgeai.agent.config import AgentConfig, FederationConfig
 from edgeai.cache import write_atomic
 from edgeai.errors import ConfigError
+from edgeai.plumbing.processes import ExecutableNotFoundError, find_executable
 from edgeai.plumbing.supervisor import Backoff, EventSink, ProcessSupervisor
 
 
@@ -46,18 +46,6 @@ def write_node_config(path: Path, values: dict[str, str]) -> Path:
     return path
 
 
-def executable(name: str) -> str:
-    """Find ``flower-supernode`` on PATH or next to this Python (a virtual environment)."""
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if found is None:
-        raise ConfigError(
-            f"federation.executable: {name!r} not found on PATH or in "
-            f"{Path(sys.executable).parent}; install edgeai[train] (it brings Flower) or set "
-            "federation.enabled = false"
-        )
-    return found
-
-
 def warm(fed: FederationConfig) -> bool:
     """Whether ClientApps run in the warm forking SuperExec (Linux: fork + prctl)."""
     return fed.warm_clientapp and sys.platform == "linux"
@@ -69,8 +57,15 @@ def supernode_argv(fed: FederationConfig, superlink: str, node_config_file: Path
     With the warm SuperExec the SuperNode starts no ClientApp processes itself
     (``--isolation process``); :func:`superexec_argv` runs beside it.
     """
+    try:
+        program = find_executable(
+            fed.executable,
+            fix="install edgeai[train] (it brings Flower) or set federation.enabled = false",
+        )
+    except ExecutableNotFoundError as exc:
+        raise ConfigError(f"federation.executable: {exc}") from exc
     argv = [
-        executable(fed.executable),
+        program,
         "--superlink",
         superlink,
         "--node-config",

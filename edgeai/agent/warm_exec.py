@@ -57,6 +57,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeai.plumbing.processes import wait_until
+
 if TYPE_CHECKING:
     from flwr.supercore.constant import TaskType
     from flwr.supercore.superexec.executor import ExecutionSpec, Executor, LaunchResult
@@ -261,11 +263,21 @@ class ForkExecutor:
 
     def close(self) -> None:
         """Reap children that finish within ``grace_s``; leave the others to finish alone."""
-        deadline = self.clock() + self.grace_s
-        while self.children and self.clock() < deadline:
-            self.reconcile()
+
+        def all_reaped() -> bool:
             if self.children:
-                self.sleep(0.05)
+                self.reconcile()
+            return not self.children
+
+        with contextlib.suppress(TimeoutError):  # the rest are left to finish, below
+            wait_until(
+                all_reaped,
+                self.grace_s,
+                "ClientApps",
+                poll_s=0.05,
+                clock=self.clock,
+                sleep=self.sleep,
+            )
         if self.children:
             # Signalling them would leave their SuperNode waiting for a reply forever.
             log.warning(

@@ -22,6 +22,7 @@ does not evaluate the initial model.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,6 +50,7 @@ from edgeai.flower.strategy import (
 from edgeai.flower.training import evaluate
 from edgeai.flower.validation import reference_of
 from edgeai.models import build_model
+from edgeai.plumbing.processes import wait_until
 from edgeai.privacy.config import CentralPrivacyConfig
 
 ALL_REFUSED = "every sampled device's privacy budget is exhausted"
@@ -140,15 +142,17 @@ def send_and_receive(
     unavailable (missed heartbeats) comes back as an error reply, not a missing one.
     """
     pending = set(grid.push_messages(messages))
-    deadline = clock() + timeout_s
     replies: list[Message] = []
-    while pending:
+
+    def all_replied() -> bool:
         got = list(grid.pull_messages(pending))
         replies.extend(got)
-        pending -= {m.metadata.reply_to_message_id for m in got}
-        if not pending or clock() >= deadline:
-            break
-        sleep(poll_s)
+        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        return not pending
+
+    if pending:
+        with contextlib.suppress(TimeoutError):  # the missing ones are counted, not raised
+            wait_until(all_replied, timeout_s, "replies", poll_s=poll_s, clock=clock, sleep=sleep)
     return replies, len(pending)
 
 

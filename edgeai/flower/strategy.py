@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import WARNING, getLogger
@@ -27,6 +26,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from edgeai.errors import EdgeAIError
 from edgeai.flower.client_app import BUDGET_EXHAUSTED
 from edgeai.flower.validation import Reference, check_update
+from edgeai.plumbing.processes import wait_until
 from edgeai.privacy.central import ClientLevelAccountant, aggregate_with_noise
 from edgeai.privacy.config import CentralPrivacyConfig
 
@@ -92,14 +92,20 @@ class ValidatingFedAvg(FedAvg):
     def _wait_for_nodes(self, grid: Grid) -> None:
         # FedAvg's own wait polls once a second and never gives up; poll finely, bounded.
         needed = max(self.min_available_nodes, self.min_train_nodes)
-        deadline = time.monotonic() + self.node_wait_s
-        while (connected := len(list(grid.get_node_ids()))) < needed:
-            if time.monotonic() > deadline:
-                raise NotEnoughNodesError(
-                    f"{connected} of {needed} nodes connected after {self.node_wait_s:.0f} s; "
-                    "start more nodes or lower clients per round"
-                )
-            time.sleep(0.02)
+        connected = 0
+
+        def enough() -> bool:
+            nonlocal connected
+            connected = len(list(grid.get_node_ids()))
+            return connected >= needed
+
+        try:
+            wait_until(enough, self.node_wait_s, f"{needed} nodes", poll_s=0.02)
+        except TimeoutError as exc:
+            raise NotEnoughNodesError(
+                f"{connected} of {needed} nodes connected after {self.node_wait_s:.0f} s; "
+                "start more nodes or lower clients per round"
+            ) from exc
 
     def _reject_reason(self, msg: Message) -> str | None:
         content = msg.content

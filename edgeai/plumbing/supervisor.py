@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from edgeai.plumbing.processes import terminate
+
 log = logging.getLogger(__name__)
 EventSink = Callable[[str, dict[str, object]], None]
 
@@ -135,12 +137,7 @@ class ProcessSupervisor:
         # Runs on the supervising thread, so a child spawned while stop() was being called
         # is still seen and ended.
         if proc.poll() is None and self._stop.is_set():
-            proc.terminate()
-            try:
-                return proc.wait(self._grace_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s ignored SIGTERM for %.0f s; killing it", self.name, self._grace_s)
-                proc.kill()
+            return terminate(proc, self._grace_s, name=self.name)
         return proc.wait()
 
     def _spawn(self, out: IO[bytes] | int) -> subprocess.Popen[bytes]:

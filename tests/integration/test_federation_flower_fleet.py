@@ -23,12 +23,12 @@ from edgeai.data import load_dataset
 from edgeai.flower.experiment import Experiment
 from edgeai.flower.runspec import RunPaths, RunSpec
 from edgeai.plumbing.pki import NodeKey, generate_node_key
+from edgeai.plumbing.processes import find_executable
 from edgeai.server.superlink import ControlConnection, enroll, enrolled_nodes, generate_tls
 from edgeai.server.superlink.process import (
     SUPEREXEC_POLL_ENV,
     SuperLinkConfig,
     SuperLinkProcess,
-    find_executable,
     flower_env,
 )
 from tests.mosquitto import free_port

@@ -20,8 +20,9 @@ import pytest
 
 from edgeai.agent.warm_exec import READY_LINE
 from edgeai.flower.runspec import RunSpec
+from edgeai.plumbing.processes import find_executable
 from edgeai.server.superlink import run_to_end, submit, write_app_dir
-from edgeai.server.superlink.process import SUPEREXEC_POLL_ENV, find_executable, flower_env
+from edgeai.server.superlink.process import SUPEREXEC_POLL_ENV, flower_env
 from tests.integration.test_federation_flower_fleet import (
     REPO,
     Fleet,

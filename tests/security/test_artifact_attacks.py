@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from edgeai.artifacts import ArtifactRepository
 from edgeai.artifacts._http import directory_lookup
-from edgeai.server.demo import free_port
+from edgeai.plumbing.processes import free_port
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeai.server.demo import free_port
+from edgeai.plumbing.processes import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeai.errors import ConfigError, EdgeAIError
+from edgeai.plumbing.processes import ExecutableNotFoundError, find_executable
 from edgeai.telemetry.topics import PREFIX, check_name
 
 if TYPE_CHECKING:
@@ -189,9 +189,10 @@ def hash_entry(tool: str, name: str, password: str) -> str:
     ``-U`` hashes a plain ``name:password`` file in place, so the password is written only
     to a private (0600) temporary file, never onto a command line others can see in ps.
     """
-    found = shutil.which(tool)
-    if found is None:
-        raise BrokerError(f"{tool!r} not found; install mosquitto (it ships mosquitto_passwd)")
+    try:
+        found = find_executable(tool, fix="install mosquitto (it ships mosquitto_passwd)")
+    except ExecutableNotFoundError as exc:
+        raise BrokerError(str(exc)) from exc
     fd, tmp = tempfile.mkstemp(prefix="edgeai-passwd-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -39,6 +36,13 @@ from pydantic import Field, field_validator, model_validator
 
 from edgeai.configfile import Frozen
 from edgeai.plumbing.pki import issue, load_ca, make_ca
+from edgeai.plumbing.processes import (
+    ExecutableNotFoundError,
+    find_executable,
+    port_accepts,
+    terminate,
+    wait_until,
+)
 from edgeai.server.broker.files import (
     BrokerError,
     BrokerPaths,
@@ -295,11 +299,14 @@ class ManagedBroker:
         if self.running:
             return self
         write_mosquitto_conf(self.config)
-        binary = shutil.which(self.config.binary)
-        if binary is None:
-            raise BrokerError(f"{self.config.binary!r} not found; install mosquitto or set binary")
+        try:
+            binary = find_executable(
+                self.config.binary, fix="install mosquitto or set [broker] binary"
+            )
+        except ExecutableNotFoundError as exc:
+            raise BrokerError(str(exc)) from exc
         host, port = self.config.client_host, self.config.port
-        if _port_open(host, port):
+        if port_accepts(host, port):
             raise BrokerError(f"{host}:{port} is taken by another process; choose another port")
         stderr_path = self.config.data_dir / "mosquitto.stderr"
         log_start = len(self._log_bytes())
@@ -314,22 +321,25 @@ class ManagedBroker:
         # "running" is logged after every listener is bound; the port check alone could be
         # fooled by another process on the port.
         def ready() -> bool:
-            return bool(_RUNNING.search(self._log_bytes()[log_start:])) and _port_open(host, port)
+            return bool(_RUNNING.search(self._log_bytes()[log_start:])) and port_accepts(host, port)
 
-        deadline = time.monotonic() + self.config.start_timeout_s
-        while not ready():
-            code = self._proc.poll()
+        def alive() -> None:
+            code = self._proc.poll() if self._proc is not None else None
             if code is not None:
                 self._proc = None
                 detail = stderr_path.read_text(errors="replace") + self._log_tail()
                 raise BrokerError(f"mosquitto exited with {code} at start:\n{detail.strip()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise BrokerError(
-                    f"mosquitto not listening on {host}:{port} after "
-                    f"{self.config.start_timeout_s} s:\n{self._log_tail()}"
-                )
-            time.sleep(self._poll_s)
+
+        try:
+            wait_until(
+                ready, self.config.start_timeout_s, "mosquitto", poll_s=self._poll_s, check=alive
+            )
+        except TimeoutError as exc:
+            self.stop()
+            raise BrokerError(
+                f"mosquitto not listening on {host}:{port} after "
+                f"{self.config.start_timeout_s} s:\n{self._log_tail()}"
+            ) from exc
         return self
 
     def reload(self) -> None:
@@ -348,13 +358,7 @@ class ManagedBroker:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(self.config.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, self.config.stop_timeout_s, name="mosquitto")
 
     def restart(self) -> ManagedBroker:
         """Stop and start again (same port, same persistence store)."""
@@ -368,15 +372,22 @@ class ManagedBroker:
         self.stop()
 
     def _wait(self, done: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + self.config.start_timeout_s
-        while not done():
+        def alive() -> None:
             if not self.running:
                 raise BrokerError(f"mosquitto exited during {what}:\n{self._log_tail()}")
-            if time.monotonic() > deadline:
-                raise BrokerError(
-                    f"mosquitto {what} not done after {self.config.start_timeout_s} s"
-                )
-            time.sleep(self._poll_s)
+
+        try:
+            wait_until(
+                done,
+                self.config.start_timeout_s,
+                f"mosquitto {what}",
+                poll_s=self._poll_s,
+                check=alive,
+            )
+        except TimeoutError as exc:
+            raise BrokerError(
+                f"mosquitto {what} not done after {self.config.start_timeout_s} s"
+            ) from exc
 
     def _log_bytes(self) -> bytes:
         log = self.paths.log
@@ -385,11 +396,3 @@ class ManagedBroker:
     def _log_tail(self, lines: int = 20) -> str:
         text = self._log_bytes().decode(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False

@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,19 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from edgeai.plumbing.processes import free_port, terminate_all, wait_until
 from edgeai.server.collector import NodeState
 
 PROFILES = ("x86-64-avx2", "rpi5", "jetson-orin-nano-8gb")
+_POLL_S = 0.25  # how often the demo looks at its processes' files
 SHARD = 2000  # training images per agent (3 agents: 6,000 of the 8,000 training images)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -149,11 +140,12 @@ class Demo:
             creds = self._cli(["server", "add-node", agent.node, "-c", str(config)])
             (agent.root / "telemetry.toml").write_text(creds, encoding="utf-8")
         self.server = self._spawn(["server", "run", "-c", str(config)], self.root / "server.log")
-        _wait(
+        wait_until(
             (self.server_dir / "status.json").is_file,
             deadline_s,
             "the server",
-            self._check_server,
+            poll_s=_POLL_S,
+            check=self._check_server,
         )
         for agent in self.agents:
             self._cli(
@@ -249,11 +241,12 @@ class Demo:
                 with urllib.request.urlopen(request, timeout=30) as reply:  # noqa: S310 (loopback)
                     reply.read()
         nodes = {a.node for a in self.agents}
-        _wait(
+        wait_until(
             lambda: {n.node for n in self.fleet() if n.p95_ms is not None} >= nodes,
             timeout_s,
             "every agent's p95 in the fleet view",
-            self.wait_alive,
+            poll_s=_POLL_S,
+            check=self.wait_alive,
         )
 
     def wait_alive(self) -> None:
@@ -272,41 +265,19 @@ class Demo:
             if on_tick is not None:
                 on_tick()
 
-        _wait(self.done, timeout_s, "every agent to serve the release", check)
+        wait_until(
+            self.done, timeout_s, "every agent to serve the release", poll_s=_POLL_S, check=check
+        )
 
     def stop(self) -> None:
         """SIGTERM everything, agents first; SIGKILL what does not stop in 30 s."""
-        procs = [a.proc for a in self.agents] + [self.server]
-        for proc in procs:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            if proc is None:
-                continue
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate_all([*(a.proc for a in self.agents), self.server], grace_s=30)
 
     def __enter__(self) -> Demo:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _wait(
-    cond: Callable[[], Any], timeout_s: float, what: str, check: Callable[[], None] | None = None
-) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if check is not None:
-            check()
-        if cond():
-            return
-        time.sleep(0.25)
-    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def _experiment(rounds: int, nodes: int) -> str:

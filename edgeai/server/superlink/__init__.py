@@ -17,7 +17,6 @@ from edgeai.server.superlink.process import (
     SuperLinkConfig,
     SuperLinkError,
     SuperLinkProcess,
-    find_executable,
     flower_env,
     superlink_argv,
 )
@@ -46,7 +45,6 @@ __all__ = [
     "control_client",
     "enroll",
     "enrolled_nodes",
-    "find_executable",
     "flower_env",
     "follow",
     "generate_tls",

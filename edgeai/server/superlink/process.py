@@ -16,7 +16,6 @@ Facts this relies on (Flower 1.42, ``flwr/superlink/cli/flower_superlink.py``):
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +25,7 @@ from pydantic import Field, model_validator
 
 from edgeai.configfile import Frozen
 from edgeai.errors import ConfigError, EdgeAIError
+from edgeai.plumbing.processes import find_executable, port_accepts, wait_until
 from edgeai.plumbing.supervisor import Backoff, EventSink, ProcessSupervisor
 
 # How often SuperExec asks the SuperLink for a ServerApp task to launch (Flower default: 1 s;
@@ -82,19 +82,6 @@ class SuperLinkConfig(Frozen):
         return f"{self.host}:{self.port}"
 
 
-def find_executable(name: str) -> str:
-    """``name`` on PATH or next to this Python (the venv's bin)."""
-    from shutil import which  # noqa: PLC0415
-
-    found = which(name) or which(name, path=str(Path(sys.executable).parent))
-    if found is None:
-        raise ConfigError(
-            f"{name!r} not found on PATH or in {Path(sys.executable).parent}; "
-            "install edgeai[train] (it brings Flower)"
-        )
-    return found
-
-
 def flower_env(
     flwr_home: Path | None = None,
     extra: Mapping[str, str] | None = None,
@@ -118,7 +105,7 @@ def flower_env(
 def superlink_argv(cfg: SuperLinkConfig) -> list[str]:
     """The ``flower-superlink`` command line for ``cfg``."""
     argv = [
-        find_executable(cfg.executable),
+        find_executable(cfg.executable, fix="install edgeai[train] (it brings Flower)"),
         "--database",
         str(cfg.database),
         "--host",
@@ -141,15 +128,6 @@ def superlink_argv(cfg: SuperLinkConfig) -> list[str]:
     if cfg.node_auth:
         argv.append("--enable-supernode-auth")
     return argv
-
-
-def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
-    """Whether something accepts TCP connections on ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 class SuperLinkProcess:
@@ -223,21 +201,29 @@ class SuperLinkProcess:
         if sup is None:
             raise SuperLinkError("SuperLink not started")
         limit = self.config.ready_timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + limit
-        while not port_accepts(self.config.host, self.config.port):
+
+        def crash_looping() -> None:
             if sup.last_exit is not None and sup.pid is None and sup.failures >= 2:
                 self.stop()
                 raise SuperLinkError(
                     f"flower-superlink keeps exiting (last: exit {sup.last_exit}); "
                     f"see {self.config.log_path or 'its log'}{self._tail()}"
                 )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise SuperLinkError(
-                    f"flower-superlink did not listen on {self.config.address} within "
-                    f"{limit:.0f} s{self._tail()}"
-                )
-            self._sleep(0.05)
+
+        try:
+            wait_until(
+                lambda: port_accepts(self.config.host, self.config.port),
+                limit,
+                f"flower-superlink on {self.config.address}",
+                sleep=self._sleep,
+                check=crash_looping,
+            )
+        except TimeoutError as exc:
+            self.stop()
+            raise SuperLinkError(
+                f"flower-superlink did not listen on {self.config.address} within "
+                f"{limit:.0f} s{self._tail()}"
+            ) from exc
 
     def _tail(self) -> str:
         path = self.config.log_path

@@ -22,6 +22,7 @@ from pathlib import Path
 from edgeai.cache import write_atomic
 from edgeai.errors import EdgeAIError
 from edgeai.flower.runspec import SPEC_KEY, RunPaths, RunSpec, write_run_spec
+from edgeai.plumbing.processes import wait_until
 from edgeai.server.superlink.control import ControlAPIError, ControlConnection, control_client
 
 APP_NAME = "edgeai-federation"
@@ -159,10 +160,11 @@ def follow(
     RunFailedError
         It did not end within ``timeout_s``, or the SuperLink stayed unreachable.
     """
-    deadline = clock() + timeout_s
     last: RunStatus | None = None
     down_since: float | None = None
-    while True:
+
+    def finished() -> RunStatus | None:
+        nonlocal last, down_since
         try:
             now = status(conn, run_id)
         except ControlAPIError as exc:
@@ -171,19 +173,22 @@ def follow(
                 raise RunFailedError(
                     f"run {run_id}: SuperLink unreachable for {unreachable_s:.0f} s: {exc}"
                 ) from exc
-        else:
-            down_since = None
-            if now != last and on_status is not None:
-                on_status(now)
-            last = now
-            if now.finished:
-                return now
-        if clock() > deadline:
-            raise RunFailedError(
-                f"run {run_id} did not finish within {timeout_s:.0f} s "
-                f"(last status: {last.status if last else 'unknown'}); see its status.json"
-            )
-        sleep(poll_s)
+            return None
+        down_since = None
+        if now != last and on_status is not None:
+            on_status(now)
+        last = now
+        return now if now.finished else None
+
+    try:
+        return wait_until(
+            finished, timeout_s, f"run {run_id}", poll_s=poll_s, clock=clock, sleep=sleep
+        )
+    except TimeoutError as exc:
+        raise RunFailedError(
+            f"run {run_id} did not finish within {timeout_s:.0f} s "
+            f"(last status: {last.status if last else 'unknown'}); see its status.json"
+        ) from exc
 
 
 def run_to_end(
