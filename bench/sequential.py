@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from edgeai.data.datasets import load_dataset
 from edgeai.flower.client_app import device_of, local_train
 from edgeai.flower.experiment import Experiment
+from edgeai.flower.tasks import build_seeded, load_config, task_datasets
 from edgeai.flower.training import evaluate
-from edgeai.models import build_model
 from edgeai.simulation.runner import client_plan
 from edgeai.simulation.warm import warm_caches
 
@@ -39,8 +38,9 @@ def run_sequential(exp: Experiment, threads: int = 1) -> Iterator[SeqRound]:
     ledger_dir = tempfile.mkdtemp(prefix="edgeai-seq-")
     plan = plan.model_copy(update={"ledger_dir": ledger_dir})
     warm_caches(exp)
-    split = load_dataset(plan.data.dataset, plan.data.validation_fraction, plan.data.split_seed)
-    model = build_model(plan.model, plan.input_shape, plan.num_classes, seed=plan.seed)
+    task = load_config(plan.task)
+    _, validation = task_datasets(plan.task)
+    model = build_seeded(task, plan.seed)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     rng = random.Random(plan.seed)
     k = exp.federation.num_clients
@@ -62,5 +62,6 @@ def run_sequential(exp: Experiment, threads: int = 1) -> Iterator[SeqRound]:
                 worst = max(worst or 0.0, float(metrics["epsilon"]))
         state = {name: (v / total).to(state[name].dtype) for name, v in acc_state.items()}
         model.load_state_dict(state)
-        accuracy, _ = evaluate(model, split.validation)
+        metrics_, _ = evaluate(model, validation, task)
+        accuracy = next(iter(metrics_.values()))
         yield SeqRound(rnd, accuracy, worst, time.perf_counter() - t0)

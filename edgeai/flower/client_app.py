@@ -3,7 +3,10 @@
 It is the same in simulation and deployment.  The server's train message
 carries the weights and a :class:`ClientPlan`; the device's own data comes from
 its node config: ``data-path`` (a ``.npz`` on a real device) or
-``partition-id`` / ``num-partitions`` (a virtual client's share in simulation).
+``partition-id`` / ``num-partitions`` (a virtual client's share of the task's training
+set in simulation). The plan names the task; a device whose own task (``task`` in its
+node config, or the version it has installed) differs refuses with
+:data:`~edgeai.flower.tasks.TASK_MISMATCH`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -30,11 +34,20 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 from numpy.typing import NDArray
+from torch.utils.data import Dataset, TensorDataset
 
-from edgeai.data.datasets import ArrayDataset, load_dataset, load_npz
-from edgeai.data.partition import cached_partition_indices
+from edgeai.data.datasets import load_npz
+from edgeai.data.partition import PartitionSpec
 from edgeai.errors import ConfigError, DataError
-from edgeai.flower.plan import ClientPlan, DataConfig, TrainingConfig
+from edgeai.flower.plan import ClientPlan, TrainingConfig
+from edgeai.flower.tasks import (
+    TASK_MISMATCH,
+    TaskMismatchError,
+    load_config,
+    partitions,
+    task_datasets,
+    task_of,
+)
 from edgeai.flower.training import (
     TrainResult,
     evaluate,
@@ -43,8 +56,9 @@ from edgeai.flower.training import (
     train_dp,
     train_plain,
 )
-from edgeai.models import build_model
 from edgeai.privacy.ledger import BudgetExhaustedError, PrivacyLedger
+from edgeai.task import Task, TaskConfig
+from edgeai.task.batches import size_of, subset
 
 app = ClientApp()
 
@@ -54,26 +68,28 @@ BUDGET_EXHAUSTED = 4201
 
 
 @lru_cache(maxsize=4)
-def _partitions(
-    data_json: str, num_partitions: int
-) -> tuple[ArrayDataset, list[NDArray[np.int64]]]:
-    # A simulation actor serves many virtual clients: split and partition once per process.
-    data = DataConfig.model_validate_json(data_json)
-    split = load_dataset(data.dataset, data.validation_fraction, data.split_seed)
-    return split.train, cached_partition_indices(split.train.y, num_partitions, data.partition)
+def _partitions(task_json: str, spec_json: str, num_partitions: int) -> list[NDArray[np.int64]]:
+    # A simulation actor serves many virtual clients: partition once per process.
+    config = TaskConfig.model_validate_json(task_json)
+    spec = PartitionSpec.model_validate_json(spec_json)
+    train, _ = task_datasets(config)
+    return partitions(load_config(config), train, num_partitions, spec, spec.seed)
 
 
-def local_data(plan: ClientPlan, node_config: Mapping[str, object]) -> ArrayDataset:
+def local_data(plan: ClientPlan, node_config: Mapping[str, object]) -> Dataset[Any]:
     """The device's training data: its ``data-path`` file, or its simulated partition."""
     if "data-path" in node_config:
         x, y = load_npz_cached(str(node_config["data-path"]))
-        return ArrayDataset(x, y, plan.num_classes)
+        return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
     if "partition-id" not in node_config or "num-partitions" not in node_config:
         raise DataError("node config needs 'data-path' or 'partition-id' and 'num-partitions'")
-    train_set, parts = _partitions(
-        plan.data.model_dump_json(exclude_unset=True), int(str(node_config["num-partitions"]))
+    parts = _partitions(
+        plan.task.model_dump_json(),
+        plan.data.partition.model_dump_json(exclude_unset=True),
+        int(str(node_config["num-partitions"])),
     )
-    return train_set.subset(parts[int(str(node_config["partition-id"]))])
+    train, _ = task_datasets(plan.task)
+    return subset(train, parts[int(str(node_config["partition-id"]))])
 
 
 @lru_cache(maxsize=2)
@@ -86,8 +102,16 @@ def _plan(msg: Message) -> ClientPlan:
     return ClientPlan.model_validate_json(str(msg.content.config_records["config"][PLAN_KEY]))
 
 
-def _model(plan: ClientPlan, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-    model = build_model(plan.model, plan.input_shape, plan.num_classes)
+def plan_task(plan: ClientPlan, node_config: Mapping[str, object]) -> Task:
+    """The plan's task on this device (:class:`TaskMismatchError` if it has another)."""
+    local = node_config.get("task")
+    return task_of(
+        plan.task, plan.task_name, plan.task_version, None if local is None else str(local)
+    )
+
+
+def _model(task: Task, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    model = task.build_model()
     model.load_state_dict(state)
     return model
 
@@ -123,8 +147,9 @@ def device_of(
 def _dp_round(
     plan: ClientPlan,
     model: torch.nn.Module,
-    data: ArrayDataset,
+    data: Dataset[Any],
     *,
+    task: Task,
     training: TrainingConfig,
     device: Device,
     server_round: int,
@@ -137,7 +162,7 @@ def _dp_round(
             "DP-SGD needs a privacy ledger: set 'ledger-path' in the node config "
             "(or ledger_dir in the plan)"
         )
-    planned = plan_dp(len(data), training, privacy, plan.num_rounds)
+    planned = plan_dp(size_of(data), training, privacy, plan.num_rounds)
     with PrivacyLedger(device.ledger_path) as ledger:
         budget = privacy.budget
         if budget is not None:
@@ -146,7 +171,13 @@ def _dp_round(
                 ledger.set_budget(device.subject, budget, privacy.delta, privacy.accountant)
             ledger.require(device.subject, planned)  # BudgetExhaustedError: refuse up front
         model, result = train_dp(
-            model, data, training, privacy, num_rounds=plan.num_rounds, generator=gen
+            model,
+            data,
+            training,
+            privacy,
+            num_rounds=plan.num_rounds,
+            generator=gen,
+            loss_fn=task.loss,
         )
         ledger.record(
             device.subject,
@@ -186,8 +217,9 @@ def local_train(
     ledger is consulted first: :class:`BudgetExhaustedError` means it refuses.
     """
     torch.set_num_threads(max(1, int(str(node_config.get("torch-threads", 1)))))
+    task = plan_task(plan, node_config)
     data = local_data(plan, node_config)
-    model = _model(plan, state)
+    model = _model(task, state)
     node = int(str(node_config.get("partition-id", 0)))
     gen = seeded_generator(plan.seed, server_round, node)
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
@@ -200,13 +232,14 @@ def local_train(
             plan,
             model,
             data,
+            task=task,
             training=training,
             device=device,
             server_round=server_round,
             gen=gen,
         )
     else:
-        result = train_plain(model, data, training, gen)
+        result = train_plain(model, data, training, gen, task.loss)
     metrics |= {
         "num-examples": result.num_examples,
         "train-loss": result.loss if math.isfinite(result.loss) else -1.0,
@@ -235,6 +268,8 @@ def train(msg: Message, context: Context) -> Message:
         )
     except BudgetExhaustedError as exc:
         return Message(Error(code=BUDGET_EXHAUSTED, reason=str(exc)), reply_to=msg)
+    except TaskMismatchError as exc:
+        return Message(Error(code=TASK_MISMATCH, reason=str(exc)), reply_to=msg)
     # Where a round's time goes: training here vs this process's whole life (a deployed
     # SuperNode starts one ClientApp process per message; the difference is its start-up).
     metrics["train-seconds"] = time.perf_counter() - started
@@ -247,10 +282,14 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the device's local data."""
     plan = _plan(msg)
+    try:
+        task = plan_task(plan, context.node_config)
+    except TaskMismatchError as exc:
+        return Message(Error(code=TASK_MISMATCH, reason=str(exc)), reply_to=msg)
     data = local_data(plan, context.node_config)
     state = msg.content.array_records["arrays"].to_torch_state_dict()
-    accuracy, loss = evaluate(_model(plan, state), data)
-    metrics = MetricRecord({"num-examples": len(data), "accuracy": accuracy, "loss": loss})
+    values, loss = evaluate(_model(task, state), data, task)
+    metrics = MetricRecord({"num-examples": size_of(data), **values, "loss": loss})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 

@@ -12,6 +12,7 @@ from edgeai.data.datasets import BUILTIN_DATASETS
 from edgeai.errors import ConfigError
 from edgeai.flower.plan import DataConfig, TrainingConfig
 from edgeai.privacy.config import CentralPrivacyConfig, PrivacyConfig
+from edgeai.task.registry import TaskConfig
 
 MODEL_NAMES = (
     "dp-cnn",
@@ -81,13 +82,47 @@ class Experiment(Frozen):
     name: str
     description: str = ""
     seed: int = 0
-    model: ModelConfig
+    # One of: [task] (a built-in name or a ref), or the legacy [model] (the mnist task).
+    task: TaskConfig | None = None
+    model: ModelConfig | None = None
     data: DataConfig = DataConfig()
     federation: FederationConfig
     training: TrainingConfig = TrainingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     central_privacy: CentralPrivacyConfig = CentralPrivacyConfig()
     simulation: SimulationConfig = SimulationConfig()
+
+    @model_validator(mode="after")
+    def _task_or_model(self) -> Experiment:
+        if (self.task is None) == (self.model is None):
+            raise ConfigError(
+                'give the task: [task] name = "mnist" (a built-in) or ref = "module:attr" '
+                '(your own), or the legacy [model] name = "..." — one of them'
+            )
+        given = {"dataset", "validation_fraction", "split_seed"} & self.data.model_fields_set
+        if self.task is not None and given:
+            raise ConfigError(
+                f"data.{sorted(given)[0]} applies to [model] only: a [task] brings its own "
+                "data (pass it as a [task.options] entry); keep [data.partition]"
+            )
+        return self
+
+    @property
+    def task_config(self) -> TaskConfig:
+        """The task: ``[task]``, or ``[model]`` and ``[data]`` as the ``mnist`` task."""
+        if self.task is not None:
+            return self.task
+        if self.model is None:  # excluded by the validator
+            raise ConfigError("the experiment names no task")
+        return TaskConfig(
+            name="mnist",
+            options={
+                "model": self.model.name,
+                "dataset": self.data.dataset,
+                "validation_fraction": self.data.validation_fraction,
+                "split_seed": self.data.split_seed,
+            },
+        )
 
 
 def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Experiment:
@@ -113,6 +148,11 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
                     f"built-in data set ({', '.join(BUILTIN_DATASETS)}) or a path to an .npz"
                 )
             data["dataset"] = str(resolved)
+    task = raw.get("task")
+    if isinstance(task, dict) and isinstance(task.get("ref"), str):
+        # A user's module imports from the experiment's folder (or task.path beside it),
+        # in this process, in Ray workers and on devices alike: carry the absolute path.
+        task["path"] = str((path.parent / str(task.get("path", "."))).resolve())
     return parse(Experiment, raw, str(path))
 
 
@@ -124,11 +164,26 @@ def check_experiment_data(exp: Experiment, source: Path | str) -> None:
     ConfigError
         Naming ``source``, the field and the fix.
     """
-    from edgeai.data.datasets import load_dataset  # noqa: PLC0415
-    from edgeai.data.partition import check_partitionable  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
 
-    split = load_dataset(exp.data.dataset, exp.data.validation_fraction, exp.data.split_seed)
+    from edgeai.data.partition import check_partitionable  # noqa: PLC0415
+    from edgeai.flower.tasks import load_config, task_datasets  # noqa: PLC0415
+    from edgeai.task.batches import size_of  # noqa: PLC0415
+    from edgeai.task.validate import validate_task  # noqa: PLC0415
+
     try:
-        check_partitionable(split.train.y, exp.federation.num_clients, exp.data.partition)
+        task = load_config(exp.task_config)
+        validate_task(task, exp.privacy.enabled)
+        train, _ = task_datasets(exp.task_config)
+        labels = task.labels()
+        if task.partition(exp.federation.num_clients, exp.data.partition.seed) is None:
+            y = np.zeros(size_of(train), np.int64) if labels is None else np.asarray(labels)
+            spec = exp.data.partition
+            if labels is None and spec.kind != "iid":
+                raise ConfigError(
+                    f"data.partition.kind = {spec.kind!r} needs class labels, but task "
+                    f"{task.name!r} has none (labels() is None); use kind = 'iid'"
+                )
+            check_partitionable(y, exp.federation.num_clients, spec)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from exc

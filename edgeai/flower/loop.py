@@ -36,7 +36,6 @@ from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 from numpy.typing import NDArray
 
-from edgeai.data.datasets import load_dataset
 from edgeai.flower.client_app import plan_config
 from edgeai.flower.plan import ClientPlan
 from edgeai.flower.records import FinalState, RoundRecord
@@ -47,9 +46,9 @@ from edgeai.flower.strategy import (
     ServerBudgetExhaustedError,
     ValidatingFedAvg,
 )
+from edgeai.flower.tasks import build_seeded, load_config, task_datasets
 from edgeai.flower.training import evaluate
 from edgeai.flower.validation import reference_of
-from edgeai.models import build_model
 from edgeai.plumbing.processes import wait_until
 from edgeai.privacy.config import CentralPrivacyConfig
 
@@ -218,8 +217,9 @@ class RoundLoop:
             Too few nodes connected within ``plan.node_wait_s``.
         """
         plan, cp, start = self.plan, self.plan.client, self.start
-        split = load_dataset(cp.data.dataset, cp.data.validation_fraction, cp.data.split_seed)
-        model = build_model(cp.model, cp.input_shape, cp.num_classes, seed=cp.seed)
+        task = load_config(cp.task)  # central evaluation uses the task's metrics
+        _, validation = task_datasets(cp.task)
+        model = build_seeded(task, cp.seed)
         if start.state is not None:
             model.load_state_dict(
                 {k: torch.from_numpy(np.array(v)) for k, v in start.state.items()}
@@ -255,19 +255,20 @@ class RoundLoop:
             if new is not None:
                 arrays = new
             model.load_state_dict(arrays.to_torch_state_dict())
-            accuracy, loss = evaluate(model, split.validation)
+            metrics, loss = evaluate(model, validation, task)
             stats = strategy.stats.get(rnd, RoundStats())
             if stats.epsilon is not None:
                 worst_eps = max(stats.epsilon, worst_eps or 0.0)
             record = RoundRecord.of(
                 rnd,
-                accuracy,
+                metrics.get("accuracy"),
                 loss,
                 worst_eps,
                 stats,
                 time.perf_counter() - began,
                 cp.privacy.delta if cp.privacy.enabled else None,
                 plan.central.delta if plan.central.enabled else None,
+                metrics,
             )
             outcome = RoundOutcome(record, arrays, missing, replied - began, reply_timing(replies))
             for sink in self.sinks:

@@ -10,10 +10,16 @@ from pydantic import Field
 from edgeai.configfile import Frozen
 from edgeai.data.partition import PartitionSpec
 from edgeai.privacy.config import PrivacyConfig
+from edgeai.task.registry import TaskConfig
 
 
 class DataConfig(Frozen):
-    """Which data set, its train/validation split, and its partition over clients."""
+    """Which data set, its train/validation split, and its partition over clients.
+
+    ``dataset``, ``validation_fraction`` and ``split_seed`` belong to the legacy
+    ``[model]`` form (the ``mnist`` task's options); with ``[task]`` the task brings its
+    data and only ``partition`` applies.
+    """
 
     dataset: str = "mnist"
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
@@ -47,9 +53,10 @@ class ClientPlan(Frozen):
     deployment run the very same client code.
     """
 
-    model: str
-    input_shape: tuple[int, ...]
-    num_classes: int = Field(ge=2)
+    # The task (name or ref, options, import folder) and what it must be on the device.
+    task: TaskConfig
+    task_name: str
+    task_version: str
     data: DataConfig
     training: TrainingConfig
     privacy: PrivacyConfig

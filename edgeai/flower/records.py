@@ -6,7 +6,8 @@ The same records leave a simulation (``metrics.jsonl``) and a deployed run
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import ArrayRecord
@@ -19,7 +20,9 @@ from edgeai.models.checkpoint import (
     DELTA_KEY,
     EPSILON_KEY,
     LOSS_KEY,
+    PRIMARY_METRIC_KEY,
     ROUND_KEY,
+    SCORE_KEY,
 )
 
 
@@ -28,7 +31,7 @@ class RoundRecord:
     """One line of ``metrics.jsonl`` (simulation) or ``rounds.jsonl`` (deployment)."""
 
     round: int
-    accuracy: float
+    accuracy: float | None  # None when the task has no "accuracy" metric
     loss: float
     epsilon: float | None
     client_epsilon: float | None
@@ -44,20 +47,35 @@ class RoundRecord:
     delta: float | None = None  # δ of the device-level ε (None without DP-SGD)
     client_delta: float | None = None  # δ of the client-level ε
     problems: tuple[str, ...] = ()  # why replies failed, were rejected or refused (first few)
+    # Every metric of the task on the validation set, the primary one first.
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    primary_metric: str = "accuracy"
+
+    @property
+    def score(self) -> float:
+        """The primary metric's value (higher is better): what gates and summaries use."""
+        value = self.metrics.get(self.primary_metric, self.accuracy)
+        return float("nan") if value is None else float(value)
 
     @classmethod
     def of(  # noqa: PLR0917  (the round's numbers, in the order of the record)
         cls,
         server_round: int,
-        accuracy: float,
+        accuracy: float | None,
         loss: float,
         epsilon: float | None,
         stats: RoundStats,
         seconds: float,
         delta: float | None,
         client_delta: float | None,
+        metrics: Mapping[str, float] | None = None,
     ) -> RoundRecord:
-        """The record of a round from its evaluation and the strategy's statistics."""
+        """The record of a round from its evaluation and the strategy's statistics.
+
+        ``metrics``: all the task's metrics, the primary first (default: ``accuracy``).
+        """
+        if metrics is None:
+            metrics = {} if accuracy is None else {"accuracy": accuracy}
         return cls(
             round=server_round,
             accuracy=accuracy,
@@ -76,6 +94,8 @@ class RoundRecord:
             delta=delta,
             client_delta=client_delta,
             problems=tuple(stats.reasons[:5]),
+            metrics=dict(metrics),
+            primary_metric=next(iter(metrics), "accuracy"),
         )
 
     def provenance(self) -> dict[str, object]:
@@ -83,6 +103,8 @@ class RoundRecord:
         return {
             ROUND_KEY: self.round,
             ACCURACY_KEY: self.accuracy,
+            PRIMARY_METRIC_KEY: self.primary_metric,
+            SCORE_KEY: self.score,
             LOSS_KEY: self.loss,
             EPSILON_KEY: self.epsilon,
             DELTA_KEY: self.delta,

@@ -54,7 +54,10 @@ class RunSpec(Frozen):
         """Hash of what gives the weights their meaning; a resume must match it."""
         exp = self.experiment
         basis = {
-            "model": exp.model.model_dump(mode="json"),
+            # The legacy [model] form keeps its fingerprint (running runs resume).
+            "model": exp.model.model_dump(mode="json")
+            if exp.model is not None
+            else exp.task_config.model_dump(mode="json", exclude={"path"}),
             "data": exp.data.model_dump(mode="json"),
             "seed": exp.seed,
         }

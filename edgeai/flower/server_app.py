@@ -19,7 +19,6 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from edgeai.data.datasets import load_dataset
 from edgeai.errors import ConfigError, DataError
 from edgeai.flower.experiment import Experiment
 from edgeai.flower.loop import RoundLoop, RoundSink, ServerPlan, Start
@@ -34,6 +33,7 @@ from edgeai.flower.runspec import (
     write_status,
 )
 from edgeai.flower.sinks import CheckpointSink, RoundLogSink
+from edgeai.flower.tasks import load_config, task_datasets
 from edgeai.models.checkpoint import (
     EPSILON_KEY,
     RUN_ID_KEY,
@@ -41,24 +41,26 @@ from edgeai.models.checkpoint import (
     Checkpoint,
     load_checkpoint,
 )
+from edgeai.task.batches import size_of
 
 log = logging.getLogger(__name__)
 app = ServerApp()
 
 
 def client_plan(exp: Experiment) -> tuple[ClientPlan, int]:
-    """The plan every client receives (the data's shape filled in), and the training-set size."""
-    split = load_dataset(exp.data.dataset, exp.data.validation_fraction, exp.data.split_seed)
+    """The plan every client receives (the task, its name and version), and the train size."""
+    task = load_config(exp.task_config)
+    train, _ = task_datasets(exp.task_config)
     return ClientPlan(
-        model=exp.model.name,
-        input_shape=split.train.input_shape,
-        num_classes=split.train.num_classes,
+        task=exp.task_config,
+        task_name=task.name,
+        task_version=task.version,
         data=exp.data,
         training=exp.training,
         privacy=exp.privacy,
         num_rounds=exp.federation.rounds,
         seed=exp.seed,
-    ), len(split.train)
+    ), size_of(train)
 
 
 def make_server_app(plan: ServerPlan, sinks: Sequence[RoundSink]) -> ServerApp:

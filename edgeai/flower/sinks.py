@@ -15,7 +15,23 @@ from pathlib import Path
 
 from edgeai.flower.loop import RoundOutcome, RoundSink
 from edgeai.flower.plan import ClientPlan
-from edgeai.models.checkpoint import checkpoint_from_state, save_checkpoint
+from edgeai.flower.tasks import checkpoint_identity, load_config
+from edgeai.models.checkpoint import (
+    TASK_CONFIG_KEY,
+    TASK_KEY,
+    TASK_VERSION_KEY,
+    checkpoint_from_state,
+    save_checkpoint,
+)
+
+
+def task_provenance(plan: ClientPlan) -> dict[str, object]:
+    """What a checkpoint or an exported model records about its task."""
+    return {
+        TASK_KEY: plan.task_name,
+        TASK_VERSION_KEY: plan.task_version,
+        TASK_CONFIG_KEY: plan.task.model_dump_json(exclude_defaults=True),
+    }
 
 
 class CheckpointSink(RoundSink):
@@ -24,7 +40,7 @@ class CheckpointSink(RoundSink):
     Parameters
     ----------
     plan
-        The run's client plan (model name, input shape, classes).
+        The run's client plan (its task names the model, input shape and outputs).
     path_of
         ``path_of(round)``: where the checkpoint of that round goes.
     provenance
@@ -39,15 +55,14 @@ class CheckpointSink(RoundSink):
     ) -> None:
         self.plan = plan
         self.path_of = path_of
-        self.provenance = dict(provenance or {})
+        self.provenance = {**task_provenance(plan), **(provenance or {})}
+        self.identity = checkpoint_identity(load_config(plan.task))
 
     def round_done(self, outcome: RoundOutcome) -> None:
         """Write the round's checkpoint (atomically)."""
         record = outcome.record
         ckpt = checkpoint_from_state(
-            self.plan.model,
-            self.plan.input_shape,
-            self.plan.num_classes,
+            *self.identity,
             {k: v.numpy() for k, v in outcome.arrays.items()},
             round_=record.round,
             provenance={**self.provenance, **record.provenance()},

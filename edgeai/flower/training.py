@@ -1,19 +1,51 @@
-"""Local training and evaluation in plain PyTorch, with or without DP-SGD."""
+"""Local training and evaluation of a task's model in plain PyTorch, with or without DP-SGD.
+
+The task brings the loss and the metrics; the data is any torch-style dataset of
+``(input, target)`` pairs (tensor datasets are sliced by index, as before tasks existed,
+so the built-in ``mnist`` task trains to the same numbers).
+"""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
-from edgeai.data.datasets import ArrayDataset
 from edgeai.flower.plan import TrainingConfig
 from edgeai.privacy.accounting import dp_session
 from edgeai.privacy.config import PrivacyConfig
+from edgeai.task import Task
+from edgeai.task.batches import batch_of, chunks, size_of
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TaskLoss(nn.Module):
+    """A task's loss as a criterion module, for Opacus (ghost clipping asks per-sample losses).
+
+    With ``reduction = "none"`` (set by Opacus while it computes per-sample norms) the
+    task's batch-mean loss is taken sample by sample.
+    """
+
+    def __init__(self, loss: LossFn) -> None:
+        super().__init__()
+        self.loss = loss
+        self.reduction = "mean"
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The task's loss; per sample when ``reduction`` is ``"none"``."""
+        if self.reduction == "none":
+            return torch.stack(
+                [self.loss(output[i : i + 1], target[i : i + 1]) for i in range(len(output))]
+            )
+        value = self.loss(output, target)
+        return value * len(output) if self.reduction == "sum" else value
 
 
 @dataclass(frozen=True)
@@ -38,25 +70,28 @@ def _optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
 
 
 def train_plain(
-    model: nn.Module, data: ArrayDataset, cfg: TrainingConfig, generator: torch.Generator
+    model: nn.Module,
+    data: Dataset[Any],
+    cfg: TrainingConfig,
+    generator: torch.Generator,
+    loss_fn: LossFn,
 ) -> TrainResult:
-    """Minibatch SGD for ``cfg.local_epochs`` epochs over ``data``."""
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    """Minibatch SGD for ``cfg.local_epochs`` epochs over ``data`` with the task's loss."""
+    n = size_of(data)
     opt = _optimizer(model, cfg)
-    loss_fn = nn.CrossEntropyLoss()
     model.train()
     total, steps = 0.0, 0
     for _ in range(cfg.local_epochs):
-        order = torch.randperm(len(y), generator=generator)
-        for start in range(0, len(y), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, cfg.batch_size):
+            xb, yb = batch_of(data, order[start : start + cfg.batch_size])
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
+            loss = loss_fn(model(xb), yb)
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             total += float(loss.detach())
             steps += 1
-    return TrainResult(len(y), total / max(steps, 1), steps)
+    return TrainResult(n, total / max(steps, 1), steps)
 
 
 def plan_dp(
@@ -68,12 +103,13 @@ def plan_dp(
 
 def train_dp(
     model: nn.Module,
-    data: ArrayDataset,
+    data: Dataset[Any],
     cfg: TrainingConfig,
     privacy: PrivacyConfig,
     *,
     num_rounds: int,
     generator: torch.Generator,
+    loss_fn: LossFn,
 ) -> tuple[nn.Module, TrainResult]:
     """DP-SGD with Opacus: Poisson sampling at rate B/n, per-sample clipping, Gaussian noise.
 
@@ -82,19 +118,15 @@ def train_dp(
     """
     from opacus import PrivacyEngine  # noqa: PLC0415  (train extra)
 
-    n = len(data)
+    n = size_of(data)
     sigma, sample_rate, steps = plan_dp(n, cfg, privacy, num_rounds)
     # Opacus warns on every call that secure_mode is off (we seed the RNG for
     # reproducible experiments) and that backward hooks fire on the input layer.
     warnings.filterwarnings("ignore", module="opacus")
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
-    loader = DataLoader(
-        TensorDataset(torch.from_numpy(data.x), torch.from_numpy(data.y)),
-        batch_size=cfg.batch_size,
-        generator=generator,
-    )
+    loader = DataLoader(data, batch_size=cfg.batch_size, generator=generator)
     engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=False)
-    loss_fn: nn.Module = nn.CrossEntropyLoss()
+    criterion: Any = TaskLoss(loss_fn)
     wrapped = engine.make_private(
         module=model,
         optimizer=_optimizer(model, cfg),
@@ -103,10 +135,10 @@ def train_dp(
         max_grad_norm=privacy.max_grad_norm,
         poisson_sampling=True,
         grad_sample_mode=privacy.grad_sample_mode,
-        criterion=loss_fn,
+        criterion=criterion,
     )
     if privacy.grad_sample_mode == "ghost":
-        dp_model, opt, loss_fn, dp_loader = wrapped
+        dp_model, opt, criterion, dp_loader = wrapped
     else:
         dp_model, opt, dp_loader = wrapped
     dp_model.train()
@@ -118,7 +150,7 @@ def train_dp(
             opt.zero_grad(set_to_none=True)
             # An empty Poisson batch is still a step of the mechanism: Opacus takes the
             # zero-length per-sample gradients, adds the noise and accounts for the step.
-            loss = loss_fn(dp_model(xb), yb)
+            loss = criterion(dp_model(xb), yb)
             loss.backward()
             opt.step()
             if len(yb):
@@ -129,19 +161,31 @@ def train_dp(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ArrayDataset, batch_size: int = 1000) -> tuple[float, float]:
-    """Return (accuracy, mean cross-entropy loss) of ``model`` on ``data``."""
+def evaluate(
+    model: nn.Module, data: Dataset[Any], task: Task, batch_size: int = 1000
+) -> tuple[dict[str, float], float]:
+    """Return (the task's metrics, its mean loss) of ``model`` on ``data``.
+
+    Each metric and the loss are averaged over batches weighted by their size; a set
+    that fits one batch is measured in one go (exact, e.g. accuracy as a count / n).
+    """
     model.eval()
-    correct, loss_sum = 0, 0.0
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    for start in range(0, len(data), batch_size):
-        xb = torch.from_numpy(data.x[start : start + batch_size])
-        yb = torch.from_numpy(data.y[start : start + batch_size])
-        logits = model(xb)
-        loss_sum += float(loss_fn(logits, yb))
-        correct += int((logits.argmax(1) == yb).sum())
-    n = max(len(data), 1)
-    return correct / n, loss_sum / n
+    n = size_of(data)
+    sums: dict[str, float] = {}
+    loss_sum = 0.0
+    pieces = chunks(n, batch_size)
+    for piece in pieces:
+        xb, yb = batch_of(data, piece)
+        out = model(xb)
+        loss = float(task.loss(out, yb))
+        metrics = task.metrics(out, yb)
+        if len(pieces) == 1:
+            return {k: float(v) for k, v in metrics.items()}, loss
+        loss_sum += loss * len(piece)
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(value) * len(piece)
+    total = max(n, 1)
+    return {k: v / total for k, v in sums.items()}, loss_sum / total
 
 
 def seeded_generator(*parts: int) -> torch.Generator:

@@ -29,6 +29,13 @@ _META = "__meta__"
 ROUND_KEY = "edgeai.round"
 ACCURACY_KEY = "edgeai.validation_accuracy"
 LOSS_KEY = "edgeai.validation_loss"
+# The task's primary metric (higher is better) and its value: what release gates compare.
+PRIMARY_METRIC_KEY = "edgeai.primary_metric"
+SCORE_KEY = "edgeai.validation_score"
+# The task a model belongs to: its name, version and config (JSON: name or ref, options).
+TASK_KEY = "edgeai.task"
+TASK_VERSION_KEY = "edgeai.task_version"
+TASK_CONFIG_KEY = "edgeai.task_config"
 EPSILON_KEY = "edgeai.epsilon"
 DELTA_KEY = "edgeai.delta"
 CLIENT_EPSILON_KEY = "edgeai.client_epsilon"
@@ -71,6 +78,19 @@ class Checkpoint:
                 "training run, or an ONNX model with its accuracy"
             )
         return float(value)
+
+    def score(self) -> tuple[str, float]:
+        """The task's primary metric and its value (``accuracy`` for older checkpoints).
+
+        Raises
+        ------
+        DataError
+            It records neither.
+        """
+        name, value = self.provenance.get(PRIMARY_METRIC_KEY), self.provenance.get(SCORE_KEY)
+        if isinstance(name, str) and isinstance(value, (int, float)):
+            return name, float(value)
+        return "accuracy", self.accuracy()
 
 
 def save_checkpoint(ckpt: Checkpoint, path: Path) -> Path:

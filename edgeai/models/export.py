@@ -1,4 +1,4 @@
-"""Export a model to ONNX: fp32, dynamic batch, a single file, normalization inside."""
+"""Export a model to ONNX: dynamic batch, a single file, normalization inside."""
 
 from __future__ import annotations
 
@@ -20,18 +20,27 @@ logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(loggin
 
 def export_onnx(
     model: nn.Module,
-    input_shape: tuple[int, ...],
+    example_input: tuple[int, ...] | torch.Tensor,
     path: Path,
     metadata: Mapping[str, object] | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` with the torch (dynamo) exporter, atomically.
 
-    The graph takes float32 ``input`` (N, *input_shape) in [0, 1] and returns
-    ``logits`` (N, classes); N is dynamic.  ``metadata`` (e.g. ε and δ) goes into
-    the model's ``metadata_props``, so the file carries its own provenance.
+    ``example_input`` is a batch as a device sends it (a task's ``example_input()``: its
+    dtype, e.g. int64 token ids, becomes the graph's), or the shape of one float32
+    sample in [0, 1]. The graph takes ``input`` (N, ...) and returns ``logits``
+    (N, ...); N is dynamic. ``metadata`` (e.g. ε and δ, the task) goes into the
+    model's ``metadata_props``, so the file carries its own provenance.
     """
     model = model.eval()
-    example = (torch.rand(2, *input_shape),)
+    if isinstance(example_input, torch.Tensor):
+        batch_ = example_input.detach()
+        # A batch of one would be specialized to a fixed size of 1: export with two.
+        if len(batch_) < 2:
+            batch_ = torch.cat([batch_, batch_])
+        example = (batch_,)
+    else:
+        example = (torch.rand(2, *example_input),)
     batch = torch.export.Dim("batch", min=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)

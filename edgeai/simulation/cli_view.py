@@ -19,6 +19,19 @@ def _eps(value: float | None) -> str:
     return "∞ (no DP)" if value is None else f"{value:.2f}"
 
 
+def _score(r: RoundRecord) -> str:
+    # Accuracy in percent as before; any other primary metric as it is.
+    if r.primary_metric == "accuracy":
+        return f"{100 * r.score:.2f}%"
+    return f"{r.score:.4g}"
+
+
+def _what(exp: Experiment) -> str:
+    if exp.model is not None:
+        return f"{exp.model.name} on {Path(exp.data.dataset).name}"
+    return f"task {exp.task_config.label}"
+
+
 def run_with_progress(exp: Experiment, out_dir: Path, console: Console) -> SimulationResult:
     """Run ``exp`` showing progress, write its results to ``out_dir``, print a summary."""
     fed = exp.federation
@@ -32,7 +45,7 @@ def run_with_progress(exp: Experiment, out_dir: Path, console: Console) -> Simul
     if exp.central_privacy.enabled:
         dp += f", client-level DP (target ε={exp.central_privacy.target_epsilon})"
     console.print(
-        f"[bold]{exp.name}[/]: {exp.model.name} on {Path(exp.data.dataset).name}, "
+        f"[bold]{exp.name}[/]: {_what(exp)}, "
         f"{fed.num_clients} clients ({fed.per_round} per round, {exp.data.partition.kind}), "
         f"{fed.rounds} rounds, {dp}"
     )
@@ -48,7 +61,8 @@ def run_with_progress(exp: Experiment, out_dir: Path, console: Console) -> Simul
         task = progress.add_task("starting engine", total=fed.rounds, status="")
 
         def on_round(r: RoundRecord) -> None:
-            status = f"acc {100 * r.accuracy:.2f}%  ε {_eps(r.epsilon)}"
+            name = "acc" if r.primary_metric == "accuracy" else r.primary_metric
+            status = f"{name} {_score(r)}  ε {_eps(r.epsilon)}"
             if r.client_epsilon is not None:
                 status += f"  client-level ε {r.client_epsilon:.2f}"
             if r.rejected or r.failed or r.refused:
@@ -79,9 +93,10 @@ def run_with_progress(exp: Experiment, out_dir: Path, console: Console) -> Simul
 def summary_table(result: SimulationResult) -> Table:
     """A rich table of the run, one row per round (the last ten) and totals."""
     table = Table(title=f"{result.experiment.name}: results", show_lines=False)
+    primary = result.rounds[0].primary_metric if result.rounds else "accuracy"
     for col in (
         "round",
-        "accuracy",
+        primary,
         "loss",
         "ε (worst client)",
         "clients ok",
@@ -93,16 +108,16 @@ def summary_table(result: SimulationResult) -> Table:
     for r in rows:
         table.add_row(
             str(r.round),
-            f"{100 * r.accuracy:.2f}%",
+            _score(r),
             f"{r.loss:.4f}",
             _eps(r.epsilon),
             f"{r.accepted}/{r.sampled}",
             str(r.rejected),
             f"{r.seconds:.1f}",
         )
-    best = max(result.rounds, key=lambda r: r.accuracy)
+    best = max(result.rounds, key=lambda r: r.score)
     table.caption = (
-        f"final accuracy {100 * result.rounds[-1].accuracy:.2f}% (best {100 * best.accuracy:.2f}% "
+        f"final {primary} {_score(result.rounds[-1])} (best {_score(best)} "
         f"at round {best.round}); total {result.total_seconds:.0f} s"
     )
     return table

@@ -21,8 +21,12 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def round_json(record: RoundRecord) -> str:
-    """One ``metrics.jsonl`` line."""
-    return json.dumps({k: _finite_or_none(v) for k, v in asdict(record).items()})
+    """One ``metrics.jsonl`` line: the record, and every task metric as a key of its own."""
+    line = asdict(record)
+    line["metrics"] = dict(record.metrics)
+    for key, value in record.metrics.items():
+        line.setdefault(key, value)  # a metric never hides a field of the record
+    return json.dumps({k: _finite_or_none(v) for k, v in line.items()})
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -33,7 +37,7 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 def plot_rounds(records: Sequence[RoundRecord], out_dir: Path) -> list[Path]:
-    """Plot validation accuracy and ε per round; return the PNG paths."""
+    """Plot the primary validation metric and ε per round; return the PNG paths."""
     import matplotlib as mpl  # noqa: PLC0415  (train extra; slow import)
 
     mpl.use("Agg")
@@ -42,8 +46,13 @@ def plot_rounds(records: Sequence[RoundRecord], out_dir: Path) -> list[Path]:
     rounds = [r.round for r in records]
     written = []
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(rounds, [100 * r.accuracy for r in records], marker="o", ms=3)
-    ax.set(xlabel="round", ylabel="validation accuracy (%)", title="Accuracy per round")
+    primary = records[0].primary_metric if records else "accuracy"
+    if primary == "accuracy":
+        ax.plot(rounds, [100 * r.score for r in records], marker="o", ms=3)
+        ax.set(xlabel="round", ylabel="validation accuracy (%)", title="Accuracy per round")
+    else:
+        ax.plot(rounds, [r.score for r in records], marker="o", ms=3)
+        ax.set(xlabel="round", ylabel=f"validation {primary}", title=f"{primary} per round")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     written.append(out_dir / "accuracy.png")
@@ -90,9 +99,11 @@ def privacy_summary(result: SimulationResult) -> dict[str, Any] | None:
 
 def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     """Write the output contract of DESIGN.md §5 into ``out_dir``; return the paths."""
-    from edgeai.models import build_model  # noqa: PLC0415  (torch)
+    from edgeai.flower.sinks import task_provenance  # noqa: PLC0415
+    from edgeai.flower.tasks import checkpoint_identity, load_config  # noqa: PLC0415  (torch)
     from edgeai.models.checkpoint import (  # noqa: PLC0415
         EXPERIMENT_KEY,
+        PRIMARY_METRIC_KEY,
         checkpoint_from_state,
         save_checkpoint,
     )
@@ -107,15 +118,17 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     tmp.write_text("".join(round_json(r) + "\n" for r in result.rounds), encoding="utf-8")
     tmp.replace(paths["metrics"])
 
-    model = build_model(plan.model, plan.input_shape, plan.num_classes)
+    task = load_config(plan.task)
+    model = task.build_model()
     model.load_state_dict(result.final.arrays.to_torch_state_dict())
     last = result.rounds[-1]
-    provenance = {EXPERIMENT_KEY: exp.name, **last.provenance()}
-    paths["model"] = export_onnx(model, plan.input_shape, out_dir / "model.onnx", provenance)
+    provenance = {EXPERIMENT_KEY: exp.name, **last.provenance(), **task_provenance(plan)}
+    # The device needs the task's own metadata (e.g. a vocabulary) and its primary metric.
+    onnx_meta = {**provenance, **task.onnx_metadata(), PRIMARY_METRIC_KEY: last.primary_metric}
+    paths["model"] = export_onnx(model, task.example_input(), out_dir / "model.onnx", onnx_meta)
+    identity = checkpoint_identity(task)
     ckpt = checkpoint_from_state(
-        plan.model,
-        plan.input_shape,
-        plan.num_classes,
+        *identity,
         model.state_dict(),
         round_=last.round,
         provenance=provenance,
@@ -124,7 +137,7 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     for png in plot_rounds(result.rounds, out_dir):
         paths[png.stem] = png
 
-    best = max(result.rounds, key=lambda r: r.accuracy)
+    best = max(result.rounds, key=lambda r: r.score)
     write_json(
         paths["summary"],
         {
@@ -132,6 +145,10 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
             "rounds": len(result.rounds),
             "accuracy": last.accuracy,
             "loss": last.loss,
+            "primary_metric": last.primary_metric,
+            "score": last.score,
+            "metrics": dict(last.metrics),
+            "best_score": best.score,
             "best_accuracy": best.accuracy,
             "best_round": best.round,
             "epsilon": last.epsilon,
@@ -145,10 +162,15 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
             "bytes_down": sum(r.bytes_down for r in result.rounds),
             "startup_seconds": result.startup_seconds,
             "total_seconds": result.total_seconds,
+            "task": {
+                "name": plan.task_name,
+                "version": plan.task_version,
+                "config": plan.task.model_dump(mode="json", exclude_defaults=True),
+            },
             "model": {
-                "name": plan.model,
-                "input_shape": list(plan.input_shape),
-                "num_classes": plan.num_classes,
+                "name": identity[0],
+                "input_shape": list(identity[1]),
+                "num_classes": identity[2],
             },
             "config": exp.model_dump(mode="json"),
         },

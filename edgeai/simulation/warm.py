@@ -3,16 +3,15 @@
 Every virtual device needs its data partition and (with a target ε) its
 calibrated noise.  Computed once here, in a thread of the driver that runs
 while Ray boots and torch imports, the workers' first round only reads them.
-Imports nothing heavy: no torch, no Flower.
+Imports no Flower; the task (and torch) is already loaded by the experiment's check.
 """
 
 from __future__ import annotations
 
 import threading
 
-from edgeai.data.datasets import load_dataset
-from edgeai.data.partition import cached_partition_indices
 from edgeai.flower.experiment import Experiment
+from edgeai.flower.tasks import load_config, partitions, task_datasets
 from edgeai.privacy.accounting import dp_session
 
 _lock = threading.Lock()
@@ -25,9 +24,10 @@ def warm_caches(exp: Experiment) -> None:
     with _lock:  # a second caller waits for the first instead of computing again
         if key in _done:
             return
-        data = exp.data
-        split = load_dataset(data.dataset, data.validation_fraction, data.split_seed)
-        parts = cached_partition_indices(split.train.y, exp.federation.num_clients, data.partition)
+        spec = exp.data.partition
+        train, _ = task_datasets(exp.task_config)
+        task = load_config(exp.task_config)
+        parts = partitions(task, train, exp.federation.num_clients, spec, spec.seed)
         if exp.privacy.enabled and exp.privacy.target_epsilon is not None:
             for size in sorted({len(p) for p in parts}):
                 dp_session(

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch.utils.data import Dataset, Subset, TensorDataset, default_collate
 
 
@@ -37,7 +39,9 @@ def batch_of(
     return cast("torch.Tensor", inputs), cast("torch.Tensor", targets)
 
 
-def subset(dataset: Dataset[Any], indices: Sequence[int] | torch.Tensor) -> Dataset[Any]:
+def subset(
+    dataset: Dataset[Any], indices: Sequence[int] | torch.Tensor | NDArray[np.integer[Any]]
+) -> Dataset[Any]:
     """The samples at ``indices``, as a dataset (a sliced copy for tensor datasets)."""
     idx = torch.as_tensor(indices, dtype=torch.long)
     if isinstance(dataset, TensorDataset):

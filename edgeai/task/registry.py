@@ -46,6 +46,9 @@ class TaskConfig(Frozen):
     name: str | None = Field(default=None, min_length=1)
     ref: str | None = None
     options: dict[str, JsonValue] = Field(default_factory=dict)
+    # The folder a ref's module is imported from: relative to the experiment file, which
+    # load_experiment resolves to an absolute path (default: the experiment's folder).
+    path: str | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> TaskConfig:
@@ -115,7 +118,7 @@ def load_task(config: TaskConfig, base_dir: Path | str | None = None) -> Task:
         except UnknownNameError as exc:
             raise ConfigError(f"task.name: {exc}") from exc
     else:
-        target = resolve_ref(str(config.ref), base_dir)
+        target = resolve_ref(str(config.ref), config.path or base_dir)
     return _instantiate(target, config)
 
 

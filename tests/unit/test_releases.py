@@ -34,6 +34,7 @@ from edgeai.server.releases import (
     choose_canaries,
     load_state,
 )
+from edgeai.task import TaskConfig
 
 X86, RPI = "x86-64-avx2", "rpi5"
 
@@ -119,7 +120,8 @@ class Harness:
 
 def loop_checkpoint(directory: Path, server_round: int, accuracy: float) -> Path:
     """A checkpoint written as the round loop writes it: through its checkpoint sink."""
-    plan = ClientPlan(model="dp-cnn-tiny", input_shape=(1, 28, 28), num_classes=10,
+    plan = ClientPlan(task=TaskConfig(name="mnist", options={"model": "dp-cnn-tiny"}),
+                      task_name="mnist", task_version="1",
                       data=DataConfig(), training=TrainingConfig(), privacy=PrivacyConfig(),
                       num_rounds=server_round)  # fmt: skip
     path_of = lambda r: directory / f"round-{r:04d}.npz"  # noqa: E731

@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from edgeai.data import load_dataset
-from edgeai.data.datasets import ArrayDataset
 from edgeai.errors import ConfigError
 from edgeai.flower.client_app import PLAN_KEY, device_of, local_train, plan_config
 from edgeai.flower.plan import ClientPlan, DataConfig, TrainingConfig
@@ -14,6 +14,14 @@ from edgeai.flower.training import evaluate, seeded_generator, train_dp, train_p
 from edgeai.models import build_model
 from edgeai.privacy import PrivacyConfig, epsilon_for
 from edgeai.privacy.ledger import BudgetExhaustedError, PrivacyLedger
+from edgeai.task import TaskConfig
+from edgeai.task.builtin.mnist import MnistTask
+
+MNIST = MnistTask(model="dp-cnn")
+
+
+def _data(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +32,9 @@ def small() -> tuple[np.ndarray, np.ndarray]:
 
 def _plan(privacy: PrivacyConfig, **training: float) -> ClientPlan:
     return ClientPlan(
-        model="dp-cnn",
-        input_shape=(1, 28, 28),
-        num_classes=10,
+        task=TaskConfig(name="mnist", options={"model": "dp-cnn"}),
+        task_name="mnist",
+        task_version="1",
         data=DataConfig(),
         training=TrainingConfig(**training),  # type: ignore[arg-type]
         privacy=privacy,
@@ -41,24 +49,25 @@ def test_plan_survives_the_wire_exactly() -> None:
 
 
 def test_plain_training_learns(small: tuple[np.ndarray, np.ndarray]) -> None:
-    data = ArrayDataset(small[0], small[1], 10)
+    data = _data(*small)
     model = build_model("fedavg-2nn", (1, 28, 28), 10, seed=0)
-    before, _ = evaluate(model, data)
+    before, _ = evaluate(model, data, MNIST)
     result = train_plain(
         model,
         data,
         TrainingConfig(local_epochs=3, batch_size=16, learning_rate=0.1),
         seeded_generator(0),
+        MNIST.loss,
     )
-    after, _ = evaluate(model, data)
+    after, _ = evaluate(model, data, MNIST)
     assert result.steps == 3 * math.ceil(300 / 16)
-    assert after > before + 0.4
+    assert after["accuracy"] > before["accuracy"] + 0.4
 
 
 def test_dp_training_reports_the_mechanism_and_meets_the_target(
     small: tuple[np.ndarray, np.ndarray],
 ) -> None:
-    data = ArrayDataset(small[0], small[1], 10)
+    data = _data(*small)
     privacy = PrivacyConfig(enabled=True, target_epsilon=3.0, delta=1e-5)
     model = build_model("dp-cnn", (1, 28, 28), 10, seed=0)
     trained, result = train_dp(
@@ -68,6 +77,7 @@ def test_dp_training_reports_the_mechanism_and_meets_the_target(
         privacy,
         num_rounds=4,
         generator=seeded_generator(1),
+        loss_fn=MNIST.loss,
     )
     assert result.sample_rate == pytest.approx(30 / 300)
     assert result.steps == 10
@@ -83,7 +93,7 @@ def test_dp_training_reports_the_mechanism_and_meets_the_target(
 def test_tiny_dp_batches_with_empty_poisson_draws_do_not_crash(
     small: tuple[np.ndarray, np.ndarray],
 ) -> None:
-    data = ArrayDataset(small[0][:20], small[1][:20], 10)  # q = 1/20: empty batches are likely
+    data = _data(small[0][:20], small[1][:20])  # q = 1/20: empty batches are likely
     privacy = PrivacyConfig(enabled=True, noise_multiplier=1.0)
     model = build_model("dp-cnn", (1, 28, 28), 10, seed=0)
     trained, result = train_dp(
@@ -93,6 +103,7 @@ def test_tiny_dp_batches_with_empty_poisson_draws_do_not_crash(
         privacy,
         num_rounds=1,
         generator=seeded_generator(2),
+        loss_fn=MNIST.loss,
     )
     assert result.steps == 60
     assert all(torch.isfinite(p).all() for p in trained.parameters())
