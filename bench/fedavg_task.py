@@ -96,7 +96,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         log.write(json.dumps(row) + "\n")
         log.flush()
-    torch.save(model.state_dict(), args.out / "model.pt")
+        # Every round, so a run cut short still leaves its latest global model.
+        torch.save(model.state_dict(), args.out / "model.pt")
 
 
 if __name__ == "__main__":
