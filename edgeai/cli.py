@@ -20,6 +20,7 @@ from edgeai.fleet import cli as fleet_cli
 from edgeai.profiles import commands as profile_commands
 from edgeai.server import commands as server_commands
 from edgeai.server.demo import cli as demo_cli
+from edgeai.task import commands as task_commands
 
 app = typer.Typer(
     name="edgeai",
@@ -35,6 +36,11 @@ app.add_typer(
     profile_commands.app,
     name="profiles",
     help="List and inspect device profiles (what each class of device can run, and its budgets).",
+)
+app.add_typer(
+    task_commands.app,
+    name="tasks",
+    help="The built-in tasks (`tasks list`); bring your own with [task] ref = \"module:Class\".",
 )
 app.add_typer(
     agent_commands.app,
