@@ -1,7 +1,8 @@
 """edgeai's on-disk cache of derived values (partitions, calibrated noise).
 
-Everything here can be recomputed; the cache only saves the time.  Writes are
-atomic, so concurrent simulation workers never read a torn entry.
+Everything here can be recomputed; the cache only saves the time.  Entries are written
+with ``edgeai.plumbing.files.atomic_write(..., durable=False)``: concurrent simulation
+workers never read a torn entry, and a power cut costs at most a recomputation.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -22,12 +22,3 @@ def cache_dir(kind: str) -> Path:
 def key_of(*parts: object) -> str:
     """A stable file name for the inputs ``parts``."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    Path(tmp).replace(path)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeai.agent.config import AgentConfig, FederationConfig
-from edgeai.cache import write_atomic
 from edgeai.errors import ConfigError
+from edgeai.plumbing.files import atomic_write
 from edgeai.plumbing.processes import ExecutableNotFoundError, find_executable
 from edgeai.plumbing.supervisor import Backoff, EventSink, ProcessSupervisor
 
@@ -42,7 +42,7 @@ def write_node_config(path: Path, values: dict[str, str]) -> Path:
     """Write the node config as TOML: SuperNode takes a ``.toml`` path, so paths need no quoting."""
     # JSON string escapes are valid TOML basic-string escapes.
     text = "".join(f"{key} = {json.dumps(value)}\n" for key, value in sorted(values.items()))
-    write_atomic(path, text.encode())
+    atomic_write(path, text.encode())
     return path
 
 

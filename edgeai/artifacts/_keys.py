@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edgeai.artifacts._tuf import CryptoSigner
 from edgeai.artifacts.errors import ArtifactError
+from edgeai.plumbing.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def migrate_legacy_keys(path: Path, keys_dir: Path) -> None:
         )
     keys_dir.parent.mkdir(parents=True, exist_ok=True)
     legacy.rename(keys_dir)
+    fsync_dir(keys_dir.parent)
+    fsync_dir(path)
     log.warning(
         "moved the signing keys from %s to %s, outside the served repository; they may "
         "have been exposed before: rotate them (docs/SECURITY.md)",
@@ -50,7 +53,11 @@ def migrate_legacy_keys(path: Path, keys_dir: Path) -> None:
 
 
 def write_key(path: Path, signer: CryptoSigner) -> None:
-    """Write a private key readable by its owner only; never overwrite one."""
+    """Write a private key readable by its owner only, durably; never overwrite one."""
+    # O_EXCL rather than atomic_write: a rename would replace an existing key.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(signer.private_bytes)
+        handle.flush()
+        os.fsync(handle.fileno())
+    fsync_dir(path.parent)

@@ -47,7 +47,7 @@ from edgeai.artifacts._tuf import (
     Timestamp,
 )
 from edgeai.artifacts.errors import ArtifactError
-from edgeai.artifacts.store import atomic_write
+from edgeai.plumbing.files import atomic_write
 
 ROLES = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
 ONLINE_ROLES = (Snapshot.type, Timestamp.type)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from pydantic import Field, ValidationError
 from edgeai.artifacts._bundle import MANIFEST, bundle_mismatches, model_version, read_manifest
 from edgeai.artifacts.errors import StoreError, UpdateRejected
 from edgeai.configfile import Frozen
+from edgeai.plumbing.files import atomic_write, fsync_dir, fsync_file
 
 log = logging.getLogger(__name__)
 
@@ -65,37 +65,6 @@ class ActiveModel:
     release: int
     version: str
     slot: SlotName
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    _fsync_dir(path.parent)
 
 
 class ModelStore:
@@ -203,18 +172,18 @@ class ModelStore:
         try:
             for name in [MANIFEST, *manifest["files"]]:
                 shutil.copyfile(bundle_src / name, staging / name)
-                _fsync_file(staging / name)
+                fsync_file(staging / name)
             info = {"release": release, "version": model_version(manifest)}
             (staging / SLOT_INFO).write_text(json.dumps(info) + "\n", encoding="utf-8")
-            _fsync_file(staging / SLOT_INFO)
+            fsync_file(staging / SLOT_INFO)
             problems = bundle_mismatches(staging)
             if problems:
                 raise UpdateRejected("tampered", f"copy in slot {spare}: {'; '.join(problems)}")
-            _fsync_dir(staging)
+            fsync_dir(staging)
             target = self.slots_dir / spare
             shutil.rmtree(target, ignore_errors=True)
             staging.replace(target)
-            _fsync_dir(self.slots_dir)
+            fsync_dir(self.slots_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -223,6 +223,8 @@ class BundleUpdater:
             with self._fetcher.deadline(self.config.download_deadline_s):
                 for info in release.targets:
                     self._download_one(updater, info, tmp, sources)
+            # No fsync: downloads land in the store's scratch, wiped at start-up; durability
+            # comes from ModelStore.stage, which fsyncs its copy before the slot rename.
             tmp.replace(dest_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

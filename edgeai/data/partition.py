@@ -10,9 +10,10 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
-from edgeai.cache import cache_dir, key_of, write_atomic
+from edgeai.cache import cache_dir, key_of
 from edgeai.configfile import Frozen
 from edgeai.errors import ConfigError
+from edgeai.plumbing.files import atomic_write
 
 PartitionKind = Literal["iid", "dirichlet", "labels"]
 
@@ -134,5 +135,5 @@ def cached_partition_indices(
     parts = partition_indices(labels, num_partitions, spec)
     buffer = io.BytesIO()
     np.savez(buffer, sizes=np.array([len(p) for p in parts]), indices=np.concatenate(parts))
-    write_atomic(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue(), durable=False)  # a cache: recomputed if lost
     return parts

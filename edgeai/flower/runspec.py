@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from edgeai.cache import write_atomic
 from edgeai.configfile import Frozen, parse
 from edgeai.errors import ConfigError
 from edgeai.flower.experiment import Experiment
+from edgeai.plumbing.files import atomic_write
 
 SPEC_KEY = "spec"  # the run-config key that carries the spec path
 
@@ -88,7 +88,7 @@ def write_run_spec(spec: RunSpec) -> Path:
     """Write ``spec`` to ``out_dir/run-spec.json``; return the path to submit."""
     path = RunPaths(spec.out_dir).spec
     # exclude_unset: some models check which fields were given (alpha only with dirichlet).
-    write_atomic(path, spec.model_dump_json(indent=2, exclude_unset=True).encode())
+    atomic_write(path, spec.model_dump_json(indent=2, exclude_unset=True).encode())
     return path
 
 
@@ -106,7 +106,7 @@ def read_run_spec(path: Path) -> RunSpec:
 def write_status(paths: RunPaths, state: RunState, **fields: object) -> None:
     """Replace ``status.json``: what the run is doing now, for operators and tools."""
     body = {"state": state, "updated": time.time(), **fields}
-    write_atomic(paths.status, json.dumps(body, indent=2).encode())
+    atomic_write(paths.status, json.dumps(body, indent=2).encode())
 
 
 def read_status(paths: RunPaths) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from edgeai.errors import EdgeAIError
 from edgeai.flower.client_app import BUDGET_EXHAUSTED
 from edgeai.flower.validation import Reference, check_update
+from edgeai.plumbing.files import atomic_write
 from edgeai.plumbing.processes import wait_until
 from edgeai.privacy.central import ClientLevelAccountant, aggregate_with_noise
 from edgeai.privacy.config import CentralPrivacyConfig
@@ -291,6 +292,4 @@ class ClientLevelDPFedAvg(ValidatingFedAvg):
     def _save(self) -> None:
         if self.state_path is None:
             return
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.accountant.to_dict()), encoding="utf-8")
-        tmp.replace(self.state_path)
+        atomic_write(self.state_path, json.dumps(self.accountant.to_dict()))

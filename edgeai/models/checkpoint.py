@@ -8,8 +8,6 @@ torch (the ``train`` extra), because the graph comes from the model registry.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgeai.errors import DataError
+from edgeai.plumbing.files import atomic_path
 
 FORMAT = "edgeai-checkpoint"
 VERSION = 1
@@ -107,21 +106,13 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> Path:
     }
     if len(ckpt.names) != len(ckpt.arrays):
         raise ValueError(f"{len(ckpt.names)} names for {len(ckpt.arrays)} arrays")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                allow_pickle=False,
-                **{_META: np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)},
-                **{f"a{i:04d}": a for i, a in enumerate(ckpt.arrays)},
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        np.savez(
+            fh,
+            allow_pickle=False,
+            **{_META: np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)},
+            **{f"a{i:04d}": a for i, a in enumerate(ckpt.arrays)},
+        )
     return path
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +10,8 @@ from pathlib import Path
 import onnx
 import torch
 from torch import nn
+
+from edgeai.plumbing.files import atomic_path
 
 OPSET = 18
 # The exporter warns about every torchvision op it cannot register; we use none.
@@ -42,10 +42,7 @@ def export_onnx(
     else:
         example = (torch.rand(2, *example_input),)
     batch = torch.export.Dim("batch", min=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, mode=0o644) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
@@ -68,8 +65,4 @@ def export_onnx(
                 entry.key, entry.value = str(key), "" if value is None else str(value)
             onnx.save(proto, tmp)
         onnx.checker.check_model(tmp, full_check=True)
-        Path(tmp).chmod(0o644)
-        Path(tmp).replace(path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path

@@ -1,4 +1,6 @@
-"""Shared plumbing below both daemons: keys and certificates, supervised processes.
+"""Shared plumbing below both daemons: keys, processes, atomic writes, SQLite.
 
-Nothing here knows about agents or servers; both build on it.
+``pki`` (the fleet CA and node keys), ``supervisor`` and ``processes`` (supervised
+processes, waits), ``files`` (durable atomic writes, digests), ``sqlite`` (the one
+opener).  Nothing here knows about agents or servers; both build on it.
 """

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edgeai.cache import write_atomic
 from edgeai.errors import ConfigError
+from edgeai.plumbing.files import atomic_write
 
 __all__ = ["CertFiles", "NodeKey", "TLSError", "generate_node_key", "issue", "load_ca", "make_ca"]
 
@@ -194,25 +192,10 @@ def _write(files: CertFiles, cert: x509.Certificate, key: ec.EllipticCurvePrivat
     )
     try:
         files.key.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(files.key, key_pem, 0o600)
-        _atomic_write(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(files.key, key_pem, mode=0o600)
+        atomic_write(files.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     except OSError as exc:
         raise TLSError(f"cannot write {files.cert} / {files.key}: {exc}") from exc
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    # mkstemp creates the file 0600, so a key is never readable by others, even briefly.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).chmod(mode)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- node identity (Flower node authentication) ---------------------------------------
@@ -237,8 +220,7 @@ def generate_node_key(private_path: Path, comment: str = "edgeai-node") -> NodeK
     public = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
-    write_atomic(private_path, private)
-    private_path.chmod(0o600)
+    atomic_write(private_path, private, mode=0o600)
     public_path = private_path.with_name(private_path.name + ".pub")
-    write_atomic(public_path, public + f" {comment}\n".encode())
+    atomic_write(public_path, public + f" {comment}\n".encode(), mode=0o644)
     return NodeKey(private_path, public_path)

@@ -12,8 +12,9 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 
-from edgeai.cache import cache_dir, key_of, write_atomic
+from edgeai.cache import cache_dir, key_of
 from edgeai.errors import PrivacyError
+from edgeai.plumbing.files import atomic_write
 from edgeai.privacy.config import PrivacyConfig
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -72,7 +73,7 @@ def noise_for_target(
     except (OSError, ValueError, KeyError):
         pass  # not computed yet (or a torn file): compute it
     sigma = _noise_for_target(target_epsilon, delta, sample_rate, steps, accountant)
-    write_atomic(path, json.dumps({"sigma": sigma}).encode())
+    atomic_write(path, json.dumps({"sigma": sigma}), durable=False)  # a cache: recomputed if lost
     return sigma
 
 

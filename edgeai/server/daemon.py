@@ -22,10 +22,10 @@ from typing import Any
 
 from edgeai import __version__
 from edgeai.artifacts import ArtifactRepository, ServeHandle, serve
-from edgeai.cache import write_atomic
 from edgeai.discovery import FederationAdvert, ServerInfo
 from edgeai.errors import DataError
 from edgeai.flower.runspec import RunPaths, RunSpec, read_status
+from edgeai.plumbing.files import atomic_write
 from edgeai.server.broker import ManagedBroker, releases_user
 from edgeai.server.collector import Collector, CollectorConfig
 from edgeai.server.config import ServerConfig
@@ -326,7 +326,9 @@ class FederationServer:
 
     def _write_status(self) -> None:
         body = self.status()
-        write_atomic(self.state / "status.json", json.dumps(body, indent=2, default=str).encode())
+        # A view rewritten every tick: no fsync per tick; a power cut loses one tick's view.
+        text = json.dumps(body, indent=2, default=str)
+        atomic_write(self.state / "status.json", text, durable=False)
         if self._on_status is not None:
             self._on_status(body)
 

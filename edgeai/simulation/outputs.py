@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeai.flower.records import RoundRecord
+from edgeai.plumbing.files import atomic_write
 from edgeai.simulation.runner import SimulationResult
 
 
@@ -31,9 +32,7 @@ def round_json(record: RoundRecord) -> str:
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
     """Write ``obj`` as pretty JSON, atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_finite_or_none) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(obj, indent=2, default=_finite_or_none) + "\n")
 
 
 def plot_rounds(records: Sequence[RoundRecord], out_dir: Path) -> list[Path]:
@@ -114,9 +113,7 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     exp, plan = result.experiment, result.plan
     paths = {"metrics": out_dir / "metrics.jsonl", "summary": out_dir / "summary.json"}
-    tmp = paths["metrics"].with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(round_json(r) + "\n" for r in result.rounds), encoding="utf-8")
-    tmp.replace(paths["metrics"])
+    atomic_write(paths["metrics"], "".join(round_json(r) + "\n" for r in result.rounds))
 
     task = load_config(plan.task)
     model = task.build_model()

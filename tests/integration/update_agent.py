@@ -50,7 +50,7 @@ class PausingFetcher(HttpFetcher):
 
 
 def install_store_hooks() -> None:
-    real_fsync, real_write = store_module._fsync_file, store_module.atomic_write
+    real_fsync, real_write = store_module.fsync_file, store_module.atomic_write
     copied = 0
 
     def fsync_file(path: Path) -> None:
@@ -69,7 +69,7 @@ def install_store_hooks() -> None:
         if PAUSE_AT == "commit-after":
             pause()
 
-    store_module._fsync_file = fsync_file  # type: ignore[assignment]
+    store_module.fsync_file = fsync_file  # type: ignore[assignment]
     store_module.atomic_write = atomic_write  # type: ignore[assignment]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgeai.artifacts import ModelStore, StoreError, UpdateRejected
-from edgeai.artifacts.store import STATE, atomic_write
+from edgeai.artifacts.store import STATE
 
 
 def make_bundle(path: Path, tag: str) -> Path:
@@ -157,11 +157,3 @@ def test_a_damaged_state_file_is_a_clear_error(tmp_path: Path):
     (root / STATE).write_text('{"active": 3}', encoding="utf-8")
     with pytest.raises(StoreError, match="remove it"):
         ModelStore(root)
-
-
-def test_atomic_write_replaces_whole_content(tmp_path: Path):
-    target = tmp_path / "f.json"
-    atomic_write(target, b"old")
-    atomic_write(target, b"new content")
-    assert target.read_bytes() == b"new content"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]

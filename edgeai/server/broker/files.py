@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeai.errors import ConfigError, EdgeAIError
+from edgeai.plumbing.files import atomic_write
 from edgeai.plumbing.processes import ExecutableNotFoundError, find_executable
 from edgeai.telemetry.topics import PREFIX, check_name
 
@@ -209,7 +210,7 @@ def put_entry(path: Path, entry: str) -> None:
     """Add or replace the user of ``entry`` (a ``name:hash`` line) in the password file."""
     name = entry.split(":", 1)[0]
     kept = [line for line in _lines(path) if line.split(":", 1)[0] != name]
-    atomic_write(path, "".join(f"{line}\n" for line in [*kept, entry]))
+    write_private(path, "".join(f"{line}\n" for line in [*kept, entry]))
 
 
 def drop_entry(path: Path, name: str) -> bool:
@@ -218,7 +219,7 @@ def drop_entry(path: Path, name: str) -> bool:
     kept = [line for line in lines if line.split(":", 1)[0] != name]
     if len(kept) == len(lines):
         return False
-    atomic_write(path, "".join(f"{line}\n" for line in kept))
+    write_private(path, "".join(f"{line}\n" for line in kept))
     return True
 
 
@@ -228,23 +229,10 @@ def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` atomically; new files are 0600, a replaced one keeps mode and owner.
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically; a new file is 0600, a replaced one keeps mode and owner.
 
     Keeping the owner matters when Mosquitto drops to its own account ("user mosquitto")
     and reads a password file that root edits.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        if path.exists():
-            st = path.stat()
-            Path(tmp).chmod(st.st_mode & 0o7777)
-            if os.geteuid() == 0:
-                os.chown(tmp, st.st_uid, st.st_gid)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text, mode=None if path.exists() else 0o600)

@@ -47,7 +47,6 @@ from edgeai.server.broker.files import (
     BrokerError,
     BrokerPaths,
     Credentials,
-    atomic_write,
     check_user,
     drop_entry,
     hash_entry,
@@ -56,6 +55,7 @@ from edgeai.server.broker.files import (
     render_acl,
     render_mosquitto_conf,
     users,
+    write_private,
 )
 from edgeai.telemetry.settings import check_broker_url
 from edgeai.telemetry.topics import check_name
@@ -188,9 +188,9 @@ def write_mosquitto_conf(config: BrokerConfig) -> BrokerPaths:
                 sans = dict.fromkeys([config.client_host, "localhost", "127.0.0.1"])
                 issue(ca, "broker", list(sans), tls_dir)
         if not paths.password_file.exists():
-            atomic_write(paths.password_file, "")
-        atomic_write(paths.acl_file, render_acl(config.fleet, config.server_user))
-        atomic_write(paths.conf, render_mosquitto_conf(config, paths))
+            write_private(paths.password_file, "")
+        write_private(paths.acl_file, render_acl(config.fleet, config.server_user))
+        write_private(paths.conf, render_mosquitto_conf(config, paths))
     except OSError as exc:
         raise BrokerError(f"cannot write the broker's files in {config.data_dir}: {exc}") from exc
     return paths
@@ -289,7 +289,7 @@ class ManagedBroker:
             )
         creds = _set_password(self.config, self.config.server_user, password)
         _set_password(self.config, self.config.releases_user, creds.password)
-        atomic_write(secret_file, creds.password + "\n")
+        write_private(secret_file, creds.password + "\n")
         if self.running:
             self.reload()
         return creds

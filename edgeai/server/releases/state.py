@@ -15,9 +15,9 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from edgeai.artifacts.store import atomic_write
 from edgeai.configfile import Frozen
 from edgeai.errors import EdgeAIError
+from edgeai.plumbing.files import atomic_write
 from edgeai.server.collector import FleetEvent, NodeState
 
 RolloutState = Literal["canary", "promoted", "revoked", "failed"]

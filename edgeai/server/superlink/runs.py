@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeai.cache import write_atomic
 from edgeai.errors import EdgeAIError
 from edgeai.flower.runspec import SPEC_KEY, RunPaths, RunSpec, write_run_spec
+from edgeai.plumbing.files import atomic_write
 from edgeai.plumbing.processes import wait_until
 from edgeai.server.superlink.control import ControlAPIError, ControlConnection, control_client
 
@@ -87,7 +87,7 @@ def write_app_dir(flwr_home: Path, client_app: str = CLIENT_APP) -> Path:
     fault-injecting one; production uses the default).
     """
     app_dir = flwr_home / "edgeai-app"
-    write_atomic(app_dir / "pyproject.toml", app_pyproject(client_app).encode())
+    atomic_write(app_dir / "pyproject.toml", app_pyproject(client_app).encode())
     return app_dir
 
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edgeai.cache import write_atomic
+from edgeai.plumbing.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,11 @@ def generate_tls(
     out_dir.mkdir(parents=True, exist_ok=True)
     pem = serialization.Encoding.PEM
     files = TlsFiles(out_dir / "ca.pem", out_dir / "server.pem", out_dir / "server.key")
-    write_atomic(files.ca_cert, ca_cert.public_bytes(pem))
-    write_atomic(files.cert, cert.public_bytes(pem))
-    write_atomic(
+    atomic_write(files.ca_cert, ca_cert.public_bytes(pem))
+    atomic_write(files.cert, cert.public_bytes(pem))
+    atomic_write(
         files.key,
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        mode=0o600,
     )
-    files.key.chmod(0o600)
     return files
