@@ -27,7 +27,8 @@ def run(
     failure, 2 invalid configuration, 3 cannot start (port taken, state directory unusable).
     """
     from edgeai.agent.config import load_agent_config  # noqa: PLC0415
-    from edgeai.agent.daemon import ExitCode, StateDirError, run_agent  # noqa: PLC0415
+    from edgeai.agent.daemon import run_agent  # noqa: PLC0415
+    from edgeai.agent.startup import ExitCode, StateDirError  # noqa: PLC0415
     from edgeai.artifacts import ArtifactError, StoreError  # noqa: PLC0415
     from edgeai.errors import ConfigError, EdgeAIError, UnknownNameError  # noqa: PLC0415
     from edgeai.logs import configure  # noqa: PLC0415

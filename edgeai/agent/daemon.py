@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from edgeai import __version__
 from edgeai.agent.config import AgentConfig
 from edgeai.agent.events import Reporter
 from edgeai.agent.metrics import AgentGauges, sample
+from edgeai.agent.privacy import PrivacyReport
+from edgeai.agent.startup import ExitCode, StateDirError, check_named_files, prepare_state_dir
 from edgeai.agent.supernode import LedgerWatch, ledger_path, start_federation
 from edgeai.artifacts import (
     BundleUpdater,
@@ -33,74 +35,18 @@ from edgeai.artifacts import (
     apply_latest,
     serve_mirror,
 )
+from edgeai.artifacts.apply import ReleaseSource
 from edgeai.artifacts.gate import InvalidBundle, verify_bundle
-from edgeai.discovery import AgentInfo, Discovery, Ports, ServerInfo
+from edgeai.discovery import AgentDiscovery, AgentInfo, Discovery, Ports, ServerInfo
 from edgeai.errors import ConfigError, EdgeAIError
 from edgeai.plumbing.supervisor import ProcessSupervisor
 from edgeai.profiles import DeviceProfile, load_profile
 from edgeai.serving.model import ModelHolder, load_served
 from edgeai.serving.server import InferenceServer
+from edgeai.telemetry.mqtt import Transport
 
 log = logging.getLogger(__name__)
 FACTORY_RELEASE = 0  # the bundle shipped with the device; any signed release replaces it
-
-
-class ExitCode:
-    """Exit codes of ``edgeai agent run`` (systemd: ``RestartPreventExitStatus=2``)."""
-
-    OK = 0  # stopped by SIGTERM/SIGINT after draining and flushing
-    FAILED = 1  # an unexpected error; the traceback is in the log
-    BAD_CONFIG = 2  # agent.toml, the profile or a file it names is invalid
-    CANNOT_START = 3  # a port is taken or the state directory is unusable
-
-
-class StateDirError(EdgeAIError, OSError):
-    """The agent cannot start here: its state directory is unusable (exit code 3)."""
-
-
-def prepare_state_dir(path: Path) -> None:
-    """Create ``state_dir`` if needed and prove it is a writable directory.
-
-    Raises
-    ------
-    StateDirError
-        It is a file, cannot be created, or cannot be written; the message says which.
-    """
-    fix = "point state_dir in agent.toml at a writable directory"
-    if path.exists() and not path.is_dir():
-        raise StateDirError(f"state_dir {path}: exists and is not a directory ({fix})")
-    probe = path / f".edgeai-probe.{os.getpid()}"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise StateDirError(
-            f"state_dir {path}: not writable ({exc.strerror or exc}; {fix})"
-        ) from exc
-
-
-def check_named_files(config: AgentConfig) -> None:
-    """Fail at start, not hours later in a retry loop, when a file agent.toml names is missing.
-
-    Raises
-    ------
-    ConfigError
-        The field, the path and the fix.
-    """
-    fed, upd = config.federation, config.updates
-    named: list[tuple[str, Path | None]] = [
-        ("federation.root_certificates", fed.root_certificates),
-        ("federation.auth_private_key", fed.auth_private_key),
-    ]
-    if upd.enabled:
-        named.append(("updates.trusted_root", upd.trusted_root))
-    if fed.enabled:
-        named.append(("data", config.data))
-    for field, path in named:
-        if path is not None and not path.is_file():
-            what = "is not a file" if path.exists() else "does not exist"
-            raise ConfigError(f"agent.toml: {field} = {str(path)!r} {what}: fix the path")
 
 
 class Agent:
@@ -112,32 +58,51 @@ class Agent:
         The validated ``agent.toml``.
     registry
         Prometheus registry for ``/metrics`` (a private one by default).
+    discovery
+        mDNS browsing and advertising (default: zeroconf from ``[discovery]``; none when
+        discovery is off); a ``MemoryDiscovery`` in unit tests. Started and closed here.
+    transport
+        The telemetry's MQTT link when ``[telemetry]`` is set (default: paho); a
+        ``MemoryTransport`` in unit tests.
+    store
+        The two-slot model store (default: ``models/`` in the state directory).
+    updater
+        Makes the release source for a repository URL (default: the TUF ``BundleUpdater``).
+    clock
+        Wall-clock time (telemetry timestamps, the peer table).
     """
 
-    def __init__(self, config: AgentConfig, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        registry: CollectorRegistry | None = None,
+        *,
+        discovery: AgentDiscovery | None = None,
+        transport: Transport | None = None,
+        store: ModelStore | None = None,
+        updater: Callable[[UpdaterConfig], ReleaseSource] = BundleUpdater,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.profile: DeviceProfile = load_profile(config.profile)
         check_named_files(config)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.state_dir = config.state_dir
         prepare_state_dir(self.state_dir)
+        self._given_discovery, self._updater, self._clock = discovery, updater, clock
         try:
-            self.store = ModelStore(self.state_dir / "models")
-            self.reporter = Reporter(config, self.state_dir)
+            self.store = store if store is not None else ModelStore(self.state_dir / "models")
+            self.reporter = Reporter(config, self.state_dir, transport=transport, clock=clock)
         except (OSError, sqlite3.Error) as exc:
             raise StateDirError(f"state_dir {self.state_dir}: unusable ({exc})") from exc
         self.holder = ModelHolder()
         self.server = InferenceServer(self.holder, config.serving, self.registry)
-        self.discovery: Discovery | None = None
+        self.discovery: AgentDiscovery | None = None
         self.supernode: ProcessSupervisor | None = None
         self.superexec: ProcessSupervisor | None = None
         self.mirror: ServeHandle | None = None
         self.release: int | None = None
-        self.ledger = LedgerWatch(ledger_path(config), config.node)
-        self.rounds_joined = 0
-        self.epsilon: float | None = None
-        self.delta: float | None = None
-        self._budget_reported = False
+        self.privacy = PrivacyReport(LedgerWatch(ledger_path(config), config.node), self.reporter)
         self._server_info: ServerInfo | None = None
         self._reported: set[tuple[str, object, object]] = set()
         self.gauges = AgentGauges(self.registry)
@@ -254,7 +219,7 @@ class Agent:
         url = cfg.repository_url or (info.artifact_url if info else None)
         if url is None or cfg.trusted_root is None:
             return "no repository"
-        updater = BundleUpdater(
+        updater = self._updater(
             UpdaterConfig(
                 repository_url=url,
                 trusted_root=cfg.trusted_root,
@@ -310,9 +275,11 @@ class Agent:
         )
 
     def _start_discovery(self) -> None:
-        if self.config.discovery is None:
+        self.discovery = self._given_discovery
+        if self.discovery is None and self.config.discovery is not None:
+            self.discovery = Discovery(self.config.discovery, clock=self._clock)
+        if self.discovery is None:
             return
-        self.discovery = Discovery(self.config.discovery)
         self.discovery.start()
         served = self.holder.current()
         fleet = self.config.telemetry.fleet if self.config.telemetry else "default"
@@ -377,31 +344,11 @@ class Agent:
             host=socket.gethostname(),
         )
 
-    def _watch_ledger(self) -> None:
-        change = self.ledger.poll() if self.config.federation.enabled else None
-        if change is None:
-            return
-        self.epsilon, self.delta = change.epsilon, change.delta
-        delta = change.delta
-        for run_id, server_round in change.new_rounds:
-            self.rounds_joined += 1
-            self.reporter.event(
-                "round_joined",
-                run_id=run_id,
-                round=server_round,
-                epsilon=change.epsilon,
-                delta=delta,
-            )
-        if change.exhausted and not self._budget_reported:
-            self._budget_reported = True
-            self.reporter.event(
-                "budget_exhausted", epsilon=change.epsilon, budget=change.budget, delta=delta
-            )
-
     async def _metrics_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                await asyncio.to_thread(self._watch_ledger)
+                if self.config.federation.enabled:
+                    await asyncio.to_thread(self.privacy.poll)
             except EdgeAIError as exc:
                 log.warning("privacy ledger unreadable: %s", exc)
             self.reporter.metrics(self.metrics())
@@ -411,9 +358,9 @@ class Agent:
         """One telemetry sample; the gauges on /metrics follow it."""
         state = {
             "release": self.release,
-            "epsilon": self.epsilon,
-            "delta": self.delta,
-            "rounds_joined": self.rounds_joined,
+            "epsilon": self.privacy.epsilon,
+            "delta": self.privacy.delta,
+            "rounds_joined": self.privacy.rounds_joined,
             "supernode_starts": self.supernode.starts if self.supernode else None,
         }
         serving, outbox = self.server.stats(), self.reporter.stats()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +20,33 @@ from edgeai.agent.config import AgentConfig
 from edgeai.configfile import anchor_fields
 from edgeai.profiles import DeviceProfile
 from edgeai.telemetry.client import Telemetry
+from edgeai.telemetry.mqtt import Transport
 
 log = logging.getLogger("edgeai.agent.events")
 
 
 class Reporter:
-    """Events, retained status and metrics of one agent."""
+    """Events, retained status and metrics of one agent.
 
-    def __init__(self, config: AgentConfig, state_dir: Path) -> None:
+    With ``[telemetry]`` they go through a :class:`Telemetry` over ``transport`` (paho from
+    the settings if None), stamped by ``clock``.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        state_dir: Path,
+        *,
+        transport: Transport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.node = config.node
         tel = config.telemetry
         self.telemetry: Telemetry | None = None
         if tel is not None:
             # The outbox is state: a relative outbox_path lives in state_dir.
-            self.telemetry = Telemetry(anchor_fields(tel, ("outbox_path",), state_dir), config.node)
+            settings = anchor_fields(tel, ("outbox_path",), state_dir)
+            self.telemetry = Telemetry(settings, config.node, transport=transport, clock=clock)
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # the first reading is meaningless; prime it
 

@@ -13,7 +13,13 @@ browser stops asking after its start-up queries).  mDNS is never a liveness sign
 from edgeai.discovery.advert import FederationAdvert
 from edgeai.discovery.browse import Directory, Discovery
 from edgeai.discovery.config import DiscoveryConfig, DiscoveryError
-from edgeai.discovery.memory import AgentDiscovery, MemoryDiscovery, MemoryLan
+from edgeai.discovery.memory import (
+    AgentDiscovery,
+    MemoryAdvert,
+    MemoryDiscovery,
+    MemoryLan,
+    ServerAdvert,
+)
 from edgeai.discovery.records import (
     AgentInfo,
     Peer,
@@ -33,10 +39,12 @@ __all__ = [
     "DiscoveryConfig",
     "DiscoveryError",
     "FederationAdvert",
+    "MemoryAdvert",
     "MemoryDiscovery",
     "MemoryLan",
     "Peer",
     "Ports",
+    "ServerAdvert",
     "ServerInfo",
     "decode_txt",
     "encode_txt",

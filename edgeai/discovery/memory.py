@@ -1,4 +1,4 @@
-"""The discovery interface the agent depends on, and an in-memory LAN for unit tests."""
+"""The discovery interfaces the daemons depend on, and an in-memory LAN for unit tests."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edgeai.discovery.advert import FederationAdvert
 from edgeai.discovery.browse import Directory, Discovery
 from edgeai.discovery.config import DiscoveryError
 from edgeai.discovery.records import AgentInfo, Peer, ServerInfo
@@ -37,6 +38,18 @@ class AgentDiscovery(Protocol):
 
     def close(self) -> None:
         """Stop and withdraw."""
+
+
+class ServerAdvert(Protocol):
+    """What the server needs to advertise itself (:class:`FederationAdvert` is one)."""
+
+    def advertise(self, info: ServerInfo) -> str:
+        """Announce the server; return its service name."""
+        ...
+
+    def close(self) -> None:
+        """Withdraw the advert; idempotent."""
+        ...
 
 
 class MemoryLan:
@@ -141,6 +154,29 @@ class MemoryDiscovery:
             raise DiscoveryError("discovery is not running; call start() first")
 
 
-if TYPE_CHECKING:  # mypy checks that both implementations keep to the interface
+class MemoryAdvert:
+    """:class:`ServerAdvert` on a :class:`MemoryLan`: the server's side of the twin."""
+
+    def __init__(self, lan: MemoryLan) -> None:
+        self._lan = lan
+        self.name = ""
+
+    def advertise(self, info: ServerInfo) -> str:
+        """Put the server on the LAN; return its service name."""
+        if self.name:
+            raise DiscoveryError("the server is already advertised")
+        self.name = self._lan.advertise_server(info)
+        return self.name
+
+    def close(self) -> None:
+        """Take the server off the LAN; idempotent."""
+        if self.name:
+            self._lan.withdraw(self.name)
+        self.name = ""
+
+
+if TYPE_CHECKING:  # mypy checks that both implementations keep to the interfaces
     _real: type[AgentDiscovery] = Discovery
     _fake: type[AgentDiscovery] = MemoryDiscovery
+    _real_advert: type[ServerAdvert] = FederationAdvert
+    _fake_advert: type[ServerAdvert] = MemoryAdvert

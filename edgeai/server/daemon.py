@@ -7,41 +7,42 @@ each new checkpoint that is due is proposed to the release manager (quality gate
 per profile → sign → canary wave → promote or revoke), whose ``step`` runs every tick.
 ``status.json`` in the state directory says what the server is doing, for ``edgeai demo``
 and for operators.
+
+Each part it talks to is a constructor argument with the real one built from the config
+as the default; unit tests pass the in-memory twins (``MemorySubscriber``, ``MemoryRuns``,
+``MemoryAdvert``, ``MemoryTransport``) instead of patching private methods.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgeai import __version__
 from edgeai.artifacts import ArtifactRepository, ServeHandle, serve
-from edgeai.discovery import FederationAdvert, ServerInfo
+from edgeai.discovery import FederationAdvert, ServerAdvert, ServerInfo
 from edgeai.errors import DataError
 from edgeai.flower.runspec import RunPaths, RunSpec, read_status
 from edgeai.plumbing.files import atomic_write
-from edgeai.server.broker import ManagedBroker, releases_user
-from edgeai.server.collector import Collector, CollectorConfig
-from edgeai.server.config import ServerConfig
+from edgeai.server.announcer import Announcer, announcer_options
+from edgeai.server.broker import ManagedBroker
+from edgeai.server.collector import Collector, Subscriber
+from edgeai.server.config import ArtifactsConfig, ServerConfig
 from edgeai.server.dashboard import DashboardServer, StateSource
 from edgeai.server.releases import ReleaseManager
 from edgeai.server.superlink import (
     ControlAPIError,
-    ControlConnection,
+    ControlRuns,
+    RunControl,
     RunStatus,
     SuperLinkProcess,
-    status,
-    submit,
-    write_app_dir,
 )
-from edgeai.telemetry.mqtt import MqttOptions, PahoTransport
-from edgeai.telemetry.topics import release_topic
+from edgeai.telemetry.mqtt import PahoTransport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -55,41 +56,78 @@ class ExitCode:
     CANNOT_START = 3  # a port is taken, the broker or the SuperLink did not come up
 
 
-class Announcer:
-    """Publishes retained release announcements (QoS 1) with the server's broker account."""
+class SuperLink(Protocol):
+    """What the server needs of the SuperLink's process (:class:`SuperLinkProcess` is one)."""
 
-    def __init__(self, options: MqttOptions, fleet: str) -> None:
-        self.fleet = fleet
-        self._transport = PahoTransport(options)
-        self._transport.connect()
+    def start(self) -> None:
+        """Start it and wait until it accepts connections."""
+        ...
 
-    def __call__(self, profile: str, body: dict[str, Any]) -> None:
-        """Announce ``body`` on ``releases/<profile>`` (retained)."""
-        payload = json.dumps(body, sort_keys=True).encode()
-        self._transport.publish(release_topic(self.fleet, profile), payload, 1, True)
-
-    def close(self) -> None:
-        """Flush and disconnect."""
-        self._transport.disconnect()
+    def stop(self) -> object:
+        """Stop it."""
+        ...
 
 
 class FederationServer:
-    """The server's parts, started in order and stopped in reverse."""
+    """The server's parts, started in order and stopped in reverse.
+
+    Parameters
+    ----------
+    config
+        The validated ``federation.toml``.
+    on_status
+        Called with each ``status.json`` body the server writes.
+    broker
+        The managed Mosquitto (default: one from ``[broker]`` when ``manage = true``).
+    subscriber
+        The collector's MQTT subscriber (default: paho, from the collector's settings).
+    repository
+        The TUF repository (default: ``[artifacts]``'s, opened or created).
+    superlink
+        The SuperLink's process (default: ``flower-superlink`` from ``[superlink]``).
+    runs
+        Where the training run is submitted and followed (default: the Control API).
+    advert
+        The zeroconf advert (default: from ``[discovery]``; none when discovery is off).
+    announcer_transport
+        The release announcer's MQTT link (default: paho, with its own broker account).
+    clock
+        Wall-clock time (status timestamps, the collector's offline detection).
+
+    Parts passed in are started and stopped by the server like the ones it builds.
+    """
 
     MAX_RESUBMITS = 3
 
     def __init__(
-        self, config: ServerConfig, on_status: Callable[[dict[str, Any]], None] | None = None
+        self,
+        config: ServerConfig,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        broker: ManagedBroker | None = None,
+        subscriber: Subscriber | None = None,
+        repository: ArtifactRepository | None = None,
+        superlink: SuperLink | None = None,
+        runs: RunControl | None = None,
+        advert: ServerAdvert | None = None,
+        announcer_transport: Transport | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self.config = config
         self.state = config.state_dir
         self._on_status = on_status
+        self._given_broker, self._given_superlink = broker, superlink
+        self._subscriber, self._given_repo, self._given_advert = subscriber, repository, advert
+        self._announcer_transport = announcer_transport
+        self._clock = clock
+        home = config.superlink.flwr_home or self.state / "flwr-home"
+        self.runs: RunControl = runs if runs is not None else ControlRuns(config.superlink, home)
         self.broker: ManagedBroker | None = None
         self.collector: Collector | None = None
         self.repo: ArtifactRepository | None = None
         self.artifacts: ServeHandle | None = None
-        self.superlink: SuperLinkProcess | None = None
-        self.advert: FederationAdvert | None = None
+        self.superlink: SuperLink | None = None
+        self.advert: ServerAdvert | None = None
         self.announcer: Announcer | None = None
         self.releases: ReleaseManager | None = None
         self.run_id: int | None = None
@@ -115,31 +153,29 @@ class FederationServer:
         cfg = self.config
         self.state.mkdir(parents=True, exist_ok=True)
         collector_cfg = cfg.collector
-        if cfg.broker.manage:
-            self.broker = ManagedBroker(cfg.broker).start()
+        broker = self._given_broker or (ManagedBroker(cfg.broker) if cfg.broker.manage else None)
+        if broker is not None:
+            self.broker = broker.start()
             creds = self.broker.server_credentials()
             collector_cfg = collector_cfg.model_copy(update=creds.settings())
-        self.collector = Collector(collector_cfg)
+        self.collector = Collector(collector_cfg, self._subscriber, self._clock)
         self.collector.start()
         self.metrics_url = self.collector.serve_metrics(cfg.metrics_host, cfg.metrics_port).url
         if cfg.dashboard.enabled:  # reads the state dir only, like `edgeai dashboard`
             self.dashboard = DashboardServer(StateSource.of(cfg), cfg.dashboard, cfg.fleet)
             self.dashboard.start()
-        self.announcer = Announcer(_announcer_options(collector_cfg), cfg.fleet)
-        art = cfg.artifacts
-        self.repo = (
-            ArtifactRepository.open(
-                art.repository, keys_dir=art.keys_dir, targets_key=art.targets_key
-            )
-            if (art.repository / "metadata").is_dir()
-            else ArtifactRepository.create(art.repository, keys_dir=art.keys_dir)
-        )
+        link = self._announcer_transport or PahoTransport(announcer_options(collector_cfg))
+        self.announcer = Announcer(link, cfg.fleet)
+        self.repo = self._given_repo or _open_repository(cfg.artifacts)
         self.artifacts = serve(self.repo.path, cfg.artifacts.host, cfg.artifacts.port)
-        self.superlink = SuperLinkProcess(cfg.superlink)
+        self.superlink = self._given_superlink or SuperLinkProcess(cfg.superlink)
         self.superlink.start()
         self.releases = ReleaseManager(self.repo, self.collector, self.announcer, cfg.releases)
-        if cfg.discovery is not None:
-            self.advert = FederationAdvert(cfg.discovery)
+        advert = self._given_advert
+        if advert is None and cfg.discovery is not None:
+            advert = FederationAdvert(cfg.discovery)
+        if advert is not None:
+            self.advert = advert
             self.advert.advertise(
                 ServerInfo(
                     fleet=cfg.fleet,
@@ -165,9 +201,6 @@ class FederationServer:
         """Where the training run writes checkpoints, rounds.jsonl and status.json."""
         return RunPaths(self.state / "run")
 
-    def _connection(self) -> ControlConnection:
-        return ControlConnection.of(self.config.superlink)
-
     def _submit(self) -> None:
         from edgeai.flower.experiment import load_experiment  # noqa: PLC0415  (train extra)
 
@@ -182,8 +215,7 @@ class FederationServer:
             min_nodes=run.min_nodes,
             node_wait_s=run.node_wait_s,
         )
-        home = self.config.superlink.flwr_home or self.state / "flwr-home"
-        self.run_id = submit(self._connection(), spec, write_app_dir(home))
+        self.run_id = self.runs.submit(spec)
         log.info("submitted run %s", self.run_id)
 
     def stop(self) -> None:
@@ -215,7 +247,7 @@ class FederationServer:
         """One step: follow the run, propose due checkpoints, judge release waves."""
         if self.run_id is not None and not (self.run_status and self.run_status.finished):
             try:
-                self.run_status = status(self._connection(), self.run_id)
+                self.run_status = self.runs.status(self.run_id)
             except ControlAPIError as exc:  # e.g. the SuperLink is restarting
                 log.warning("run %s: %s", self.run_id, exc)
             self._resubmit_if_cut_off()
@@ -306,7 +338,7 @@ class FederationServer:
         if self.run_paths.rounds.is_file():
             rounds = [json.loads(line) for line in self.run_paths.rounds.read_text().splitlines()]
         return {
-            "ts": time.time(),
+            "ts": self._clock(),
             "fleet": self.config.fleet,
             "superlink": self.config.superlink.address,
             "artifact_url": self.artifact_url,
@@ -333,12 +365,12 @@ class FederationServer:
             self._on_status(body)
 
 
-def _announcer_options(cfg: CollectorConfig) -> MqttOptions:
-    # Its own account (same password): the broker takes the client id from the user name
-    # (use_username_as_clientid), so the collector's login would kick the collector off.
-    options = cfg.mqtt_options()
-    username = releases_user(options.username) if options.username else None
-    return dataclasses.replace(options, client_id=f"edgeai-releases-{cfg.fleet}", username=username)
+def _open_repository(art: ArtifactsConfig) -> ArtifactRepository:
+    if (art.repository / "metadata").is_dir():
+        return ArtifactRepository.open(
+            art.repository, keys_dir=art.keys_dir, targets_key=art.targets_key
+        )
+    return ArtifactRepository.create(art.repository, keys_dir=art.keys_dir)
 
 
 def read_server_status(state_dir: Path) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeai.plumbing.pki import make_ca
+from edgeai.server.announcer import Announcer, announcer_options
 from edgeai.server.broker import (
     BrokerConfig,
     BrokerError,
@@ -30,22 +31,14 @@ from edgeai.server.broker import (
     remove_node,
 )
 from edgeai.server.collector import Collector, CollectorConfig
-from edgeai.server.daemon import Announcer, _announcer_options
 from edgeai.telemetry import Envelope, Telemetry, TelemetryConfig
-from edgeai.telemetry.mqtt import REASON_NOT_AUTHORIZED
+from edgeai.telemetry.mqtt import REASON_NOT_AUTHORIZED, PahoTransport
 from tests.mosquitto import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 FLEET = "sec"
 BASE = f"edgeai/v1/{FLEET}"
-
-
-def wait_for(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Fleet:
@@ -167,7 +160,7 @@ def test_the_servers_collector_and_announcer_share_the_broker(fleet: Fleet, tmp_
     log_start = len(log.read_bytes())
     collector = Collector(config)
     collector.start()
-    announcer = Announcer(_announcer_options(config), FLEET)
+    announcer = Announcer(PahoTransport(announcer_options(config)), FLEET)
     try:
         assert collector.wait_ready(10), "the collector never subscribed"
         announcer("x86-64-avx2", {"version": "1"})

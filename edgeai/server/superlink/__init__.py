@@ -2,7 +2,8 @@
 
 ``flower-superlink`` runs as a supervised child (:class:`SuperLinkProcess`); the server
 talks to it through Flower's Control API (:class:`ControlConnection`) to approve node keys
-(:func:`enroll`) and to submit, follow and resubmit the training run (:func:`submit`).
+(:func:`enroll`) and to submit, follow and resubmit the training run (:func:`submit`;
+the server does it through a :class:`RunControl`, with :class:`MemoryRuns` as its twin).
 """
 
 from edgeai.server.superlink.control import ControlAPIError, ControlConnection, control_client
@@ -20,6 +21,7 @@ from edgeai.server.superlink.process import (
     flower_env,
     superlink_argv,
 )
+from edgeai.server.superlink.runner import ControlRuns, MemoryRuns, RunControl
 from edgeai.server.superlink.runs import (
     RunFailedError,
     RunStatus,
@@ -35,7 +37,10 @@ from edgeai.server.superlink.tls import TlsFiles, generate_tls
 __all__ = [
     "ControlAPIError",
     "ControlConnection",
+    "ControlRuns",
     "EnrolledNode",
+    "MemoryRuns",
+    "RunControl",
     "RunFailedError",
     "RunStatus",
     "SuperLinkConfig",

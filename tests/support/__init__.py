@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites: bounded polling (``waiting``), a manual clock (``clock``)."""
