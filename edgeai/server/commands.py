@@ -113,3 +113,54 @@ def add_node(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(creds.toml())
+
+
+@app.command(name="collector")
+def collector(
+    config: ConfigOption,
+    username: Annotated[
+        str | None, typer.Option(help="This replica's own broker account (default: [collector]).")
+    ] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(help="The account's password (default: $EDGEAI_COLLECTOR_PASSWORD)."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="/metrics port (default: metrics_port; 0: any free).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run one more telemetry collector (a shared subscription replica) until SIGTERM.
+
+    Needs `[collector] shared_group`; writes the server's fleet database. Prints one JSON
+    line ({"ready": true, "metrics": URL}) once subscribed. Exit codes: 0 stopped, 2
+    invalid configuration, 3 cannot start (the database cannot be opened).
+    """
+    import threading  # noqa: PLC0415
+
+    from edgeai.errors import EdgeAIError  # noqa: PLC0415
+    from edgeai.logs import configure  # noqa: PLC0415
+    from edgeai.server.collector.replica import replica_config, run_replica  # noqa: PLC0415
+
+    configure(log_level)
+    cfg = _load(config)
+    try:
+        coll = replica_config(cfg.collector, username, password_file)
+    except EdgeAIError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    port = cfg.metrics_port if metrics_port is None else metrics_port
+    try:
+        run_replica(
+            coll,
+            stop,
+            metrics_host=cfg.metrics_host,
+            metrics_port=port,
+            on_ready=lambda url: typer.echo(json.dumps({"ready": True, "metrics": url})),
+        )
+    except (EdgeAIError, OSError) as exc:
+        typer.echo(f"error: cannot start: {exc}", err=True)
+        raise typer.Exit(3) from None

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,15 +84,25 @@ def releases_user(server_user: str) -> str:
     return f"{check_user(server_user)}-releases"
 
 
-def render_acl(fleet: str, server_user: str = "edgeai-server") -> str:
+def render_acl(
+    fleet: str, server_user: str = "edgeai-server", collectors: Sequence[str] = ()
+) -> str:
     """The ACL file: nodes write only under their own ``nodes/<username>/`` (pure).
 
     ``pattern`` lines apply to every user with ``%u`` replaced by the username; ``topic``
     lines after ``user X`` apply to X only (mosquitto.conf(5), "acl_file").  No line uses
     ``%c`` (the client id): a client chooses its id, and the broker replaces it with the
-    user name anyway.
+    user name anyway.  ``collectors`` are the accounts of extra collector replicas (a
+    shared subscription group, docs/FLEET.md): they read the fleet and write nothing.
     """
     base = f"{PREFIX}/{check_name(fleet, 'fleet')}"
+    replicas = [
+        line
+        for user in collectors
+        for line in (f"user {check_user(check_name(user, 'user'))}", f"topic read {base}/#", "")
+    ]
+    if replicas:
+        replicas.insert(0, "# Collector replicas, one account each: read the fleet, write nothing.")
     return "\n".join(
         [
             f"# edgeai ACL for fleet {fleet!r} (mosquitto.conf(5) 'acl_file'; re-read on SIGHUP).",
@@ -113,6 +124,7 @@ def render_acl(fleet: str, server_user: str = "edgeai-server") -> str:
             f"user {releases_user(server_user)}",
             f"topic write {base}/releases/#",
             "",
+            *replicas,
         ]
     )
 

@@ -86,6 +86,7 @@ class BrokerConfig(Frozen):
     manage: bool = False  # start a local Mosquitto (demo, single host)
     fleet: str = "default"
     server_user: str = "edgeai-server"  # the collector / release manager's broker account
+    collector_users: tuple[str, ...] = ()  # collector replicas' accounts: read-only (ACL)
     binary: str = "mosquitto"
     passwd_binary: str = "mosquitto_passwd"  # noqa: S105 - a program name
     host: str = "127.0.0.1"  # listen address (manage = true)
@@ -189,7 +190,8 @@ def write_mosquitto_conf(config: BrokerConfig) -> BrokerPaths:
                 issue(ca, "broker", list(sans), tls_dir)
         if not paths.password_file.exists():
             write_private(paths.password_file, "")
-        write_private(paths.acl_file, render_acl(config.fleet, config.server_user))
+        acl = render_acl(config.fleet, config.server_user, config.collector_users)
+        write_private(paths.acl_file, acl)
         write_private(paths.conf, render_mosquitto_conf(config, paths))
     except OSError as exc:
         raise BrokerError(f"cannot write the broker's files in {config.data_dir}: {exc}") from exc

@@ -65,12 +65,32 @@ class CollectorConfig(BrokerLogin):
     offline_after_s: float = Field(180.0, gt=0)
     history_days: float = Field(30.0, gt=0)
     max_history_rows: int = Field(1_000_000, ge=1)
+    # MQTT 5 shared subscription group: collectors with the same group (each logged in with
+    # its own account) split the fleet's telemetry and events between them, and write one
+    # database (docs/FLEET.md, "Scaling out").  None: this collector takes every message.
+    shared_group: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     @property
-    def filters(self) -> tuple[str, str]:
-        """The subscriptions: every node topic and every release announcement of the fleet."""
+    def filters(self) -> tuple[str, ...]:
+        """The subscriptions: every node topic and every release announcement of the fleet.
+
+        With ``shared_group`` the high-volume topics (telemetry, events) are subscribed as
+        ``$share/<group>/...``: the broker hands each message to one collector of the group.
+        Status, profile and releases stay plain subscriptions: they are retained, and MQTT 5
+        never sends retained messages to a shared subscription (spec 4.8.2), so every
+        collector gets them (the second copy is a duplicate, refused by the history index).
+        """
         base = f"{PREFIX}/{self.fleet}"
-        return (f"{base}/nodes/+/#", f"{base}/releases/+")
+        if self.shared_group is None:
+            return (f"{base}/nodes/+/#", f"{base}/releases/+")
+        share = f"$share/{self.shared_group}/{base}/nodes/+"
+        return (
+            f"{share}/telemetry",
+            f"{share}/events/+",
+            f"{base}/nodes/+/status",
+            f"{base}/nodes/+/profile",
+            f"{base}/releases/+",
+        )
 
     def mqtt_options(self) -> MqttOptions:
         """The paho settings (the client id defaults to ``edgeai-collector-<fleet>``)."""
@@ -150,7 +170,9 @@ class Collector(FleetReader):
         registry: CollectorRegistry | None = None,
         prune_every: int = 256,
     ) -> None:
-        super().__init__(Store(config.db_path), config.offline_after_s, clock)
+        # A shared group means other collectors write the same file: read records from it.
+        store = Store(config.db_path, shared=config.shared_group is not None)
+        super().__init__(store, config.offline_after_s, clock)
         self.config = config
         self._transport = transport or PahoSubscriber(config.mqtt_options())
         self.registry = registry if registry is not None else CollectorRegistry()

@@ -63,11 +63,16 @@ class Store:
         The database file.
     readonly
         Open an existing file without ever writing it.
+    shared
+        Other collectors write the same file (a shared subscription group): every message
+        folds into the record as stored in the file, read inside its write transaction,
+        and readers see the file, not this process's cache.
     """
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, shared: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self.shared = shared
         self._lock = threading.Lock()
         try:
             if readonly:
@@ -128,7 +133,9 @@ class Store:
             if cur.rowcount == 0:
                 return False
             records = self._writable()
-            old = records.get(env.node) or fsm.NodeRecord(env.node)
+            old = (self._stored(env.node) if self.shared else records.get(env.node)) or (
+                fsm.NodeRecord(env.node)
+            )
             new = fsm.apply(old, topic, env)
             self._db.execute(
                 "INSERT OR REPLACE INTO nodes (node, record) VALUES (?, ?)",
@@ -155,6 +162,10 @@ class Store:
             ).rowcount
         return n
 
+    def _stored(self, node: str) -> fsm.NodeRecord | None:
+        row = self._db.execute("SELECT record FROM nodes WHERE node = ?", (node,)).fetchone()
+        return None if row is None else fsm.loads(node, row[0])
+
     def _writable(self) -> dict[str, fsm.NodeRecord]:
         if self._records is None:
             raise StoreError(f"{self.path}: opened read-only")
@@ -164,7 +175,7 @@ class Store:
 
     def records(self) -> list[fsm.NodeRecord]:
         """Every node's record, sorted by name."""
-        if self._records is not None:
+        if self._records is not None and not self.shared:
             with self._lock:
                 return [self._records[n] for n in sorted(self._records)]
         with self._lock:
