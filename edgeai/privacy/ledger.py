@@ -6,9 +6,12 @@ the numbers anyone needs to recompute ε — ``(noise_multiplier, sample_rate,
 steps)`` plus δ and the accountant used — and ε is always recomputed from the
 full history, never summed.
 
-The file is in WAL mode with ``synchronous=FULL``; every write is one
+The file is opened by :func:`edgeai.plumbing.sqlite.open_db` in WAL mode with
+``synchronous=FULL`` (a device's ε must survive a power cut); every write is one
 ``BEGIN IMMEDIATE`` transaction, so a crash leaves either the whole entry or
 none of it, and a second process waits (up to ``timeout_s``) instead of failing.
+Ledgers written before ``PRAGMA user_version`` kept their version in a ``meta``
+table; they open as they are (see :func:`_legacy_version`).
 """
 
 from __future__ import annotations
@@ -23,11 +26,18 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from edgeai.errors import EdgeAIError, PrivacyError
+from edgeai.plumbing.sqlite import (
+    DamagedDatabaseError,
+    DatabaseOpenError,
+    WrongApplicationError,
+    open_db,
+)
 from edgeai.privacy.accounting import ACCOUNTANTS, epsilon_for
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+APPLICATION_ID = int.from_bytes(b"eaPL", "big")  # PRAGMA application_id: edgeai privacy ledger
+# Append only: migrations[i] takes a file from user_version i to i + 1.
+MIGRATIONS = (
+    """
 CREATE TABLE IF NOT EXISTS budgets (
     subject TEXT PRIMARY KEY,
     epsilon REAL NOT NULL CHECK (epsilon > 0),
@@ -48,7 +58,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     recorded_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_by_subject ON sessions (subject, id);
-"""
+""",
+)
+SCHEMA_VERSION = len(MIGRATIONS)
 Planned = tuple[float, float, int]
 
 
@@ -105,6 +117,19 @@ class BudgetDecision:
     budget: float
     delta: float
     reason: str
+
+
+def _legacy_version(db: sqlite3.Connection) -> int | None:
+    """The schema version of a ledger from before ``user_version``: ``meta.schema_version``.
+
+    Those files have the tables of migration 1 and a ``meta`` table naming the version;
+    the ``meta`` table stays behind, unused.
+    """
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # no meta table: not a ledger
+        return None
+    return None if row is None else int(row[0])
 
 
 def _check_subject(subject: str) -> str:
@@ -175,43 +200,26 @@ class PrivacyLedger:
         self.path = str(path)
         self._clock = clock
         try:
-            self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise LedgerError(f"cannot open privacy ledger {self.path}: {exc}") from exc
-        try:
-            with self._translate("open"):
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")
-                version = self._schema_version() or self._create_schema()
-        except BaseException:
-            self._db.close()
-            raise
-        if version > SCHEMA_VERSION:
-            self._db.close()
-            raise LedgerError(
-                f"privacy ledger {self.path} has schema {version}, newer than this edgeai "
-                f"({SCHEMA_VERSION}); upgrade edgeai"
+            # Opening a ledger that is up to date reads its header only: it never waits
+            # for another process's writer.
+            self._db = open_db(
+                self.path,
+                application_id=APPLICATION_ID,
+                migrations=MIGRATIONS,
+                name="privacy ledger",
+                synchronous="FULL",
+                timeout_s=timeout_s,
+                legacy=_legacy_version,
             )
+        except (WrongApplicationError, DamagedDatabaseError) as exc:
+            raise LedgerError(
+                f"{exc}; restore the ledger from a backup, never start a fresh one for a "
+                "device that has already trained"
+            ) from exc
+        except DatabaseOpenError as exc:  # e.g. newer than this edgeai, or locked
+            raise LedgerError(str(exc)) from exc
 
     # -- plumbing ---------------------------------------------------------------
-
-    def _schema_version(self) -> int | None:
-        # Read-only when the schema exists: opening never waits for another writer.
-        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
-            return None
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        return None if row is None else int(row[0])
-
-    def _create_schema(self) -> int:
-        with self._write() as db:
-            # one statement at a time: executescript() would COMMIT our transaction
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        return self._schema_version() or SCHEMA_VERSION
 
     @contextmanager
     def _translate(self, action: str) -> Iterator[None]:

@@ -25,7 +25,13 @@ walks the primary key from the oldest row, where non-retained rows are found at 
 the commit is most of its price.  Ids are handed out from a counter in memory rather than by
 ``AUTOINCREMENT``, which would rewrite the ``sqlite_sequence`` page in every commit (a second
 WAL frame: ~14 instead of ~9 us per enqueue here); within a process they only grow, which is
-all the pump's ``after_id`` needs.  Files made with ``AUTOINCREMENT`` are rebuilt once.
+all the pump's ``after_id`` needs.
+
+Schema.  The file is opened by :func:`edgeai.plumbing.sqlite.open_db` (application id,
+``user_version`` migrations).  Outboxes from before that had no version: they are recognised
+by their ``messages`` table and run every migration, which is why migration 1 only creates
+what is missing and migration 2 rebuilds ``messages`` (dropping the ``AUTOINCREMENT`` of
+older files).
 
 Fresh rows.  The newest rows are also kept in a bounded deque, each appended only after its
 commit, so :meth:`Outbox.pending` serves the pump from memory instead of re-reading what was
@@ -43,13 +49,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from edgeai.errors import EdgeAIError
+from edgeai.plumbing.sqlite import DatabaseOpenError, Synchronous, open_db
 
 log = logging.getLogger(__name__)
 
-Synchronous = Literal["NORMAL", "FULL"]
+APPLICATION_ID = int.from_bytes(b"eaTO", "big")  # PRAGMA application_id: telemetry outbox
 _MESSAGES = """CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -59,11 +66,30 @@ _MESSAGES = """CREATE TABLE IF NOT EXISTS messages (
     boot_id TEXT NOT NULL,
     seq INTEGER NOT NULL
 )"""
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS boots (boot_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);
-"""
+# Append only: migrations[i] takes a file from user_version i to i + 1.
+MIGRATIONS = (
+    # 1: the tables (IF NOT EXISTS: unversioned outboxes run this too).
+    ";\n".join(
+        (
+            _MESSAGES,
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS boots "
+            "(boot_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)",
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);",
+        )
+    ),
+    # 2: ids from memory: the same table, rebuilt without the AUTOINCREMENT older files had.
+    ";\n".join(
+        (
+            _MESSAGES.replace("IF NOT EXISTS messages", "messages_new"),
+            "INSERT INTO messages_new (id, topic, payload, qos, retain, boot_id, seq) "
+            "SELECT id, topic, payload, qos, retain, boot_id, seq FROM messages",
+            "DROP TABLE messages",
+            "ALTER TABLE messages_new RENAME TO messages;",
+        )
+    ),
+)
+_LEGACY_TABLES = {"messages", "meta", "boots", "sqlite_sequence"}
 
 
 _INSERT = (
@@ -73,14 +99,6 @@ _INSERT = (
 _SELECT = (
     "SELECT id, topic, payload, qos, retain, boot_id, seq FROM messages "
     "WHERE id > ? ORDER BY id LIMIT ?"
-)
-# Files written before ids came from memory: the same table, rebuilt without AUTOINCREMENT.
-_MIGRATE = (
-    _MESSAGES.replace("IF NOT EXISTS messages", "messages_new"),
-    "INSERT INTO messages_new (id, topic, payload, qos, retain, boot_id, seq) "
-    "SELECT id, topic, payload, qos, retain, boot_id, seq FROM messages",
-    "DROP TABLE messages",
-    "ALTER TABLE messages_new RENAME TO messages",
 )
 
 
@@ -140,25 +158,24 @@ class Outbox:
         self._fresh: deque[Row] = deque()
         self._memory_rows = max(memory_rows, 0)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             # Autocommit mode: transactions are the explicit BEGIN IMMEDIATE ... COMMIT below.
-            self._db = sqlite3.connect(
-                self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+            self._db = open_db(
+                self.path,
+                application_id=APPLICATION_ID,
+                migrations=MIGRATIONS,
+                name="telemetry outbox",
+                synchronous=synchronous,
+                timeout_s=timeout_s,
+                legacy=_legacy_version,
+                # One process owns the file: exclusive locking skips the WAL's shared-memory
+                # index (https://www.sqlite.org/wal.html#noshm), ~5 us of a ~20 us commit.
+                exclusive=True,
+                check_same_thread=False,
             )
-            # One process owns the file: exclusive locking skips the WAL's shared-memory index
-            # (https://www.sqlite.org/wal.html#noshm), ~5 us of a ~20 us commit.
-            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(_MESSAGES)
+        except DatabaseOpenError as exc:
+            raise OutboxError(str(exc)) from exc
+        try:
             with self._transaction():
-                (table_sql,) = self._db.execute(
-                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
-                ).fetchone()
-                if "AUTOINCREMENT" in table_sql.upper():
-                    for statement in _MIGRATE:
-                        self._db.execute(statement)
                 self._db.execute(
                     "INSERT OR IGNORE INTO boots (boot_id, last_seq) VALUES (?, 0)", (boot_id,)
                 )
@@ -181,6 +198,7 @@ class Outbox:
             # Everything on disk now is read from the file; rows from here on also from memory.
             self._fresh_after = self._last_id
         except sqlite3.Error as exc:
+            self._db.close()
             raise OutboxError(f"cannot open the telemetry outbox {self.path}: {exc}") from exc
 
     def _transaction(self) -> _Tx:
@@ -363,6 +381,12 @@ class Outbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _legacy_version(db: sqlite3.Connection) -> int | None:
+    """An outbox from before ``user_version`` (its tables, no more): run every migration."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return 0 if "messages" in tables and tables <= _LEGACY_TABLES else None
 
 
 def _runs(ids: list[int]) -> list[tuple[int, int]]:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from edgeai.agent.metrics import sample
-from edgeai.server.collector import FleetView, MemorySubscriber, NodeState
+from edgeai.server.collector import FleetView, MemorySubscriber, NodeState, Store
 from edgeai.server.collector.collector import (
     DUPLICATE,
     IGNORED,
@@ -475,3 +475,69 @@ def test_a_registry_serves_one_collector_at_a_time(tmp_path: Path, clock: Clock)
         Collector(config, MemorySubscriber(), clock, registry=registry)
     first.stop()  # unregisters its metrics
     Collector(config, MemorySubscriber(), clock, registry=registry).stop()
+
+
+# The DDL of collector files from before PRAGMA application_id/user_version.
+_OLD_COLLECTOR = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (node TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY,
+    node TEXT NOT NULL,
+    boot_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT,
+    body TEXT NOT NULL,
+    received REAL NOT NULL,
+    UNIQUE (node, boot_id, seq)
+);
+CREATE INDEX IF NOT EXISTS history_by_kind_ts ON history (kind, ts);
+CREATE INDEX IF NOT EXISTS history_by_received ON history (received);
+CREATE TABLE IF NOT EXISTS releases (
+    profile TEXT PRIMARY KEY, body TEXT NOT NULL, received REAL NOT NULL
+);
+"""
+
+
+def _old_collector_file(path: Path, application: str, schema: str) -> None:
+    with sqlite3.connect(path) as db:
+        db.executescript(_OLD_COLLECTOR)
+        db.execute(
+            "INSERT INTO meta VALUES ('application', ?), ('schema', ?)", (application, schema)
+        )
+        db.execute("INSERT INTO releases VALUES ('rpi5', '{\"release\": 3}', 1.0)")
+        db.execute(
+            "INSERT INTO history (node, boot_id, seq, ts, kind, name, body, received) "
+            "VALUES ('n1', 'b', 1, 5.0, 'events', 'update_applied', '{}', 6.0)"
+        )
+
+
+def test_a_collector_file_from_before_user_version_opens_read_only_and_read_write(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "fleet.sqlite"
+    _old_collector_file(path, "edgeai-collector", "1")
+    with open_readonly(path) as reader:  # fleet status before the server was upgraded
+        assert [e.node for e in reader.events()] == ["n1"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA application_id").fetchone() == (0,)
+    store = Store(path)
+    assert store.releases() == {"rpi5": {"release": 3}}
+    assert [e.kind for e in store.events()] == ["update_applied"]
+    store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA application_id").fetchone() == (int.from_bytes(b"eaFC", "big"),)
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+
+
+def test_old_collector_files_of_another_app_or_a_newer_schema_are_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.sqlite"
+    _old_collector_file(other, "something-else", "1")
+    with pytest.raises(StoreError, match="not a collector database"):
+        Store(other)
+    newer = tmp_path / "newer.sqlite"
+    _old_collector_file(newer, "edgeai-collector", "2")
+    with pytest.raises(StoreError, match=r"newer\.sqlite.*upgrade edgeai"):
+        Store(newer)

@@ -4,7 +4,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from edgeai.privacy.ledger import (
     PrivacyLedger,
     compact,
 )
+from tests.support.waiting import wait_for
 
 DELTA = 1e-5
 SESSION: dict[str, Any] = {
@@ -223,19 +223,13 @@ ledger.close()
 """
 
 
-def _wait_for(paths: list[Path], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not all(p.exists() for p in paths):
-        assert time.monotonic() < deadline, f"writers not ready: {paths}"
-        time.sleep(0.01)
-
-
 def test_two_processes_write_concurrently_without_losing_entries(path: Path) -> None:
     PrivacyLedger(path).close()
     names = ["proc-0", "proc-1"]
     procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), n]) for n in names]
     try:
-        _wait_for([Path(f"{path}.{n}") for n in names])
+        ready = [Path(f"{path}.{n}") for n in names]
+        wait_for(lambda: all(p.exists() for p in ready), 60, f"writers to be ready: {ready}")
         Path(f"{path}.go").touch()  # start both at once
         assert [p.wait(timeout=120) for p in procs] == [0, 0]
     finally:
@@ -283,6 +277,64 @@ def test_a_foreign_or_newer_file_fails_with_a_fix(path: Path) -> None:
     newer = path.with_name("newer.db")
     PrivacyLedger(newer).close()
     with sqlite3.connect(newer) as db:
-        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(LedgerError, match="upgrade edgeai"):
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(LedgerError, match=r"newer\.db.*upgrade edgeai"):
         PrivacyLedger(newer)
+    other = path.with_name("other.db")  # another program's SQLite file
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE t (x)")
+    with pytest.raises(LedgerError, match=r"other\.db: not a privacy ledger.*backup"):
+        PrivacyLedger(other)
+
+
+# The DDL of ledgers written before PRAGMA user_version (schema 1 in a meta table).
+_OLD_LEDGER = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS budgets (
+    subject TEXT PRIMARY KEY,
+    epsilon REAL NOT NULL CHECK (epsilon > 0),
+    delta REAL NOT NULL CHECK (delta > 0 AND delta < 1),
+    accountant TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL CHECK (round >= 0),
+    noise_multiplier REAL NOT NULL CHECK (noise_multiplier >= 0),
+    sample_rate REAL NOT NULL CHECK (sample_rate > 0 AND sample_rate <= 1),
+    steps INTEGER NOT NULL CHECK (steps >= 0),
+    delta REAL NOT NULL CHECK (delta > 0 AND delta < 1),
+    accountant TEXT NOT NULL,
+    recorded_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_subject ON sessions (subject, id);
+INSERT OR IGNORE INTO meta VALUES ('schema_version', '1');
+"""
+
+
+def test_a_ledger_from_before_user_version_opens_with_its_history(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.executescript(_OLD_LEDGER)
+        db.execute("INSERT INTO budgets VALUES ('dev', 4.0, ?, 'rdp', 0)", (DELTA,))
+        db.execute(
+            "INSERT INTO sessions (subject, run_id, round, noise_multiplier, sample_rate, "
+            "steps, delta, accountant, recorded_at) VALUES ('dev', 'r', 0, 1.2, 0.02, 100, ?, "
+            "'rdp', 0)",
+            (DELTA,),
+        )
+    with PrivacyLedger(path) as ledger:
+        assert ledger.budget("dev") == Budget(4.0, DELTA)
+        assert [s.server_round for s in ledger.sessions("dev")] == [0]
+        _record(ledger, "dev", 1)
+        assert [s.server_round for s in ledger.sessions("dev")] == [0, 1]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA application_id").fetchone() == (int.from_bytes(b"eaPL", "big"),)
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    with sqlite3.connect(path) as db:  # a meta table naming a newer schema is refused
+        db.execute("PRAGMA application_id = 0")
+        db.execute("PRAGMA user_version = 0")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    with pytest.raises(LedgerError, match="upgrade edgeai"):
+        PrivacyLedger(path)

@@ -264,3 +264,41 @@ def test_an_autoincrement_outbox_file_is_migrated_with_its_rows(tmp_path: Path) 
         ]
         (sql,) = box._db.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()
         assert "AUTOINCREMENT" not in sql
+
+
+def test_an_unversioned_outbox_opens_with_its_rows_and_drop_count(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(  # the DDL of outboxes from before PRAGMA user_version
+        """
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS boots (boot_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+        INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);
+        CREATE TABLE IF NOT EXISTS messages (
+            id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,
+            qos INTEGER NOT NULL CHECK (qos IN (0, 1, 2)),
+            retain INTEGER NOT NULL CHECK (retain IN (0, 1)),
+            boot_id TEXT NOT NULL, seq INTEGER NOT NULL);
+        INSERT INTO messages VALUES (5, 't', x'6f6c64', 1, 0, 'b', 4);
+        INSERT INTO boots VALUES ('b', 9);
+        UPDATE meta SET value = 3 WHERE key = 'dropped';
+        """
+    )
+    old.close()
+    with Outbox(path, "b") as box:
+        assert [(r.id, r.payload, r.seq) for r in box.pending(5)] == [(5, b"old", 4)]
+        assert box.dropped == 3
+        assert box.enqueue("t", b"new") == 10  # resumes after the boot's last_seq
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA application_id").fetchone() == (int.from_bytes(b"eaTO", "big"),)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+
+
+def test_a_database_of_another_program_is_not_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (x)")
+    with pytest.raises(OutboxError, match=r"other\.db: not a telemetry outbox"):
+        Outbox(path, "b")
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]

@@ -16,7 +16,7 @@ from edgeai.server.collector.collector import (
 from edgeai.server.collector.fleet import FleetEvent, FleetView, NodeState
 from edgeai.server.collector.metrics import CollectorCounters, MetricsServer, NodeGauges
 from edgeai.server.collector.mqtt import MemorySubscriber, PahoSubscriber, Subscriber
-from edgeai.server.collector.store import Store, StoreError
+from edgeai.server.collector.store import Store, StoreError, open_database
 
 __all__ = [
     "DUPLICATE",
@@ -34,5 +34,6 @@ __all__ = [
     "Store",
     "StoreError",
     "Subscriber",
+    "open_database",
     "open_readonly",
 ]

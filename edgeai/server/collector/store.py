@@ -20,15 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from edgeai.errors import EdgeAIError
+from edgeai.plumbing.sqlite import DatabaseOpenError, open_db
 from edgeai.server.collector import state as fsm
 from edgeai.server.collector.fleet import FleetEvent
 from edgeai.telemetry.topics import Envelope, Topic
 
-APPLICATION = "edgeai-collector"
-SCHEMA = 1
-
-_DDL = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+APPLICATION_ID = int.from_bytes(b"eaFC", "big")  # PRAGMA application_id: fleet collector
+# Files from before PRAGMA application_id/user_version: a meta table with these two rows.
+_LEGACY_APPLICATION = "edgeai-collector"
+# Append only: migrations[i] takes a file from user_version i to i + 1.
+MIGRATIONS = (
+    """
 CREATE TABLE IF NOT EXISTS nodes (node TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY,
@@ -47,7 +49,51 @@ CREATE INDEX IF NOT EXISTS history_by_received ON history (received);
 CREATE TABLE IF NOT EXISTS releases (
     profile TEXT PRIMARY KEY, body TEXT NOT NULL, received REAL NOT NULL
 );
-"""
+""",
+)
+SCHEMA = len(MIGRATIONS)
+
+
+def _legacy_version(db: sqlite3.Connection) -> int | None:
+    """A collector file from before ``user_version``: ``meta`` names the application and schema.
+
+    Those files have the tables of migration 1; the ``meta`` table stays behind, unused.
+    """
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.OperationalError:  # no meta table: not a collector file
+        return None
+    if meta.get("application") != _LEGACY_APPLICATION:
+        return None
+    try:
+        return int(meta["schema"])
+    except (KeyError, ValueError):
+        return None
+
+
+def open_database(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open (creating or migrating, unless ``readonly``) a collector database.
+
+    The connection may be shared by threads under the caller's lock, and uses Python's
+    implicit transactions (``with db:`` is one transaction).
+
+    Raises
+    ------
+    edgeai.plumbing.sqlite.DatabaseOpenError
+        Missing (read-only), unreadable, another application's, or newer than this code.
+    """
+    return open_db(
+        path,
+        application_id=APPLICATION_ID,
+        migrations=MIGRATIONS,
+        name="collector database",
+        synchronous="NORMAL",  # WAL: durable across process crashes
+        readonly=readonly,
+        timeout_s=5.0,
+        legacy=_legacy_version,
+        check_same_thread=False,
+        isolation_level="DEFERRED",
+    )
 
 
 class StoreError(EdgeAIError, RuntimeError):
@@ -74,43 +120,16 @@ class Store:
         self.readonly = readonly
         self.shared = shared
         self._lock = threading.Lock()
-        try:
-            if readonly:
-                if not self.path.is_file():
-                    raise StoreError(
-                        f"{self.path}: no collector database here; is the server's collector "
-                        "running, and is this its [collector] db_path?"
-                    )
-                uri = f"{self.path.resolve().as_uri()}?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, check_same_thread=False)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across crashes
-                self._db.executescript(_DDL)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('application', ?), ('schema', ?)",
-                    (APPLICATION, str(SCHEMA)),
-                )
-                self._db.commit()
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._check_meta()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot open the collector database: {exc}") from exc
-        self._records: dict[str, fsm.NodeRecord] | None = None if readonly else self._load()
-
-    def _check_meta(self) -> None:
-        try:
-            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a collector database ({exc})") from exc
-        if meta.get("application") != APPLICATION:
-            raise StoreError(f"{self.path}: not a collector database (no edgeai-collector tag)")
-        if meta.get("schema") != str(SCHEMA):
+        if readonly and not self.path.is_file():
             raise StoreError(
-                f"{self.path}: collector schema {meta.get('schema')!r}; this build reads {SCHEMA}"
+                f"{self.path}: no collector database here; is the server's collector "
+                "running, and is this its [collector] db_path?"
             )
+        try:
+            self._db = open_database(self.path, readonly=readonly)
+        except DatabaseOpenError as exc:
+            raise StoreError(str(exc)) from exc
+        self._records: dict[str, fsm.NodeRecord] | None = None if readonly else self._load()
 
     def _load(self) -> dict[str, fsm.NodeRecord]:
         try:

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeai.flower.runspec import RunPaths, read_status
-from edgeai.server.collector import FleetReader, NodeState, StoreError, open_readonly
+from edgeai.server.collector import (
+    FleetReader,
+    NodeState,
+    StoreError,
+    open_database,
+    open_readonly,
+)
 from edgeai.server.releases import ReleaseError, load_state
 
 if TYPE_CHECKING:
@@ -105,8 +111,7 @@ class ReceiveTimes:
     def _update(self) -> None:
         if not self.db_path.is_file():
             return
-        uri = f"{self.db_path.resolve().as_uri()}?mode=ro"
-        db = sqlite3.connect(uri, uri=True)
+        db = open_database(self.db_path, readonly=True)  # a DatabaseOpenError is an OSError
         try:
             (top,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM history").fetchone()
             if top < self._last_id:  # a new database: start over
