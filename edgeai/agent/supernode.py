@@ -8,11 +8,12 @@ budget exhausted.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomli_w
 
 from edgeai.agent.config import AgentConfig, FederationConfig
 from edgeai.errors import ConfigError
@@ -40,9 +41,7 @@ def ledger_path(cfg: AgentConfig) -> Path:
 
 def write_node_config(path: Path, values: dict[str, str]) -> Path:
     """Write the node config as TOML: SuperNode takes a ``.toml`` path, so paths need no quoting."""
-    # JSON string escapes are valid TOML basic-string escapes.
-    text = "".join(f"{key} = {json.dumps(value)}\n" for key, value in sorted(values.items()))
-    atomic_write(path, text.encode())
+    atomic_write(path, tomli_w.dumps(dict(sorted(values.items()))))
     return path
 
 

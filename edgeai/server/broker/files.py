@@ -6,7 +6,6 @@ formats are in mosquitto.conf(5) ("acl_file", "password_file") and mosquitto_pas
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -15,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import tomli_w
 
 from edgeai.errors import ConfigError, EdgeAIError
 from edgeai.plumbing.files import atomic_write
@@ -67,11 +68,7 @@ class Credentials:
 
     def toml(self, section: str = "telemetry") -> str:
         """The settings as a TOML section to paste into ``agent.toml``."""
-        # JSON strings without \\u escapes of non-ASCII are valid TOML basic strings.
-        rows = [
-            f"{k} = {json.dumps(str(v), ensure_ascii=False)}" for k, v in self.settings().items()
-        ]
-        return "\n".join([f"[{section}]", *rows]) + "\n"
+        return tomli_w.dumps({section: {k: str(v) for k, v in self.settings().items()}})
 
 
 def releases_user(server_user: str) -> str:

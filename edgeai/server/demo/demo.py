@@ -16,12 +16,14 @@ import os
 import secrets
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomli_w
 
 from edgeai.plumbing.processes import free_port, terminate_all, wait_until
 from edgeai.server.collector import NodeState
@@ -72,12 +74,15 @@ class Demo:
         }
 
     @property
-    def discovery_toml(self) -> str:
+    def discovery(self) -> dict[str, Any]:
         """The ``[discovery]`` table server and agents share: loopback, this demo's types."""
-        return (
-            f'[discovery]\nserver_type = "{self.service_type}"\nagent_type = "{self.agent_type}"\n'
-            'interfaces = ["127.0.0.1"]\nip_version = "v4"\nfleet = "demo"\n'
-        )
+        return {
+            "server_type": self.service_type,
+            "agent_type": self.agent_type,
+            "interfaces": ["127.0.0.1"],
+            "ip_version": "v4",
+            "fleet": "demo",
+        }
 
     # -- files -------------------------------------------------------------------------------
 
@@ -281,95 +286,92 @@ class Demo:
 
 
 def _experiment(rounds: int, nodes: int) -> str:
-    return f"""name = "demo"
-seed = 0
-[model]
-name = "dp-cnn-tiny"
-[data]
-dataset = "mnist"
-[federation]
-num_clients = {nodes}
-rounds = {rounds}
-round_timeout_s = 120
-[training]
-local_epochs = 2
-batch_size = 64
-learning_rate = 2.0
-[privacy]
-enabled = true
-target_epsilon = 8.0
-delta = 1e-5
-max_grad_norm = 1.0
-"""
+    return tomli_w.dumps(
+        {
+            "name": "demo",
+            "seed": 0,
+            "model": {"name": "dp-cnn-tiny"},
+            "data": {"dataset": "mnist"},
+            "federation": {"num_clients": nodes, "rounds": rounds, "round_timeout_s": 120},
+            "training": {"local_epochs": 2, "batch_size": 64, "learning_rate": 2.0},
+            "privacy": {
+                "enabled": True,
+                "target_epsilon": 8.0,
+                "delta": 1e-5,
+                "max_grad_norm": 1.0,
+            },
+        }
+    )
 
 
 def _federation(demo: Demo, cert: Path, key: Path, ca: Path) -> str:
     s = demo.server_dir
-    return f"""fleet = "demo"
-state_dir = "{s}"
-metrics_port = 0
-[superlink]
-host = "127.0.0.1"
-port = {free_port()}
-database = "superlink.db"
-ssl_certfile = "{cert}"
-ssl_keyfile = "{key}"
-ssl_ca_certfile = "{ca}"
-node_auth = true
-[broker]
-manage = true
-host = "127.0.0.1"
-port = {free_port()}
-tls = true
-data_dir = "broker"
-[artifacts]
-repository = "tuf"
-host = "127.0.0.1"
-port = {free_port()}
-[collector]
-db_path = "fleet.sqlite"
-offline_after_s = 60
-[releases]
-state_dir = "releases"
-calibration = "{s / "calibration.npz"}"
-ack_timeout_s = 300
-[releases.compile_options]
-calibration_samples = 200
-eval_samples = 500
-[dashboard]
-port = {demo.dashboard_port}
-{demo.discovery_toml}[run]
-experiment = "experiment.toml"
-min_nodes = {len(demo.profiles)}
-node_wait_s = 300
-"""
+    return tomli_w.dumps(
+        {
+            "fleet": "demo",
+            "state_dir": str(s),
+            "metrics_port": 0,
+            "superlink": {
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "database": "superlink.db",
+                "ssl_certfile": str(cert),
+                "ssl_keyfile": str(key),
+                "ssl_ca_certfile": str(ca),
+                "node_auth": True,
+            },
+            "broker": {
+                "manage": True,
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "tls": True,
+                "data_dir": "broker",
+            },
+            "artifacts": {"repository": "tuf", "host": "127.0.0.1", "port": free_port()},
+            "collector": {"db_path": "fleet.sqlite", "offline_after_s": 60},
+            "releases": {
+                "state_dir": "releases",
+                "calibration": str(s / "calibration.npz"),
+                "ack_timeout_s": 300,
+                "compile_options": {"calibration_samples": 200, "eval_samples": 500},
+            },
+            "dashboard": {"port": demo.dashboard_port},
+            "discovery": demo.discovery,
+            "run": {
+                "experiment": "experiment.toml",
+                "min_nodes": len(demo.profiles),
+                "node_wait_s": 300,
+            },
+        }
+    )
 
 
 def _write_agent_config(demo: Demo, agent: AgentProc) -> None:
     ca = demo.server_dir / "tls" / "ca" / "ca.pem"
-    telemetry = (agent.root / "telemetry.toml").read_text(encoding="utf-8")
-    (agent.root / "agent.toml").write_text(
-        f"""node = "{agent.node}"
-profile = "{agent.profile}"
-state_dir = "state"
-data = "data.npz"
-metrics_interval_s = 2
-[federation]
-root_certificates = "{ca}"
-auth_private_key = "node_key"
-runtime_port = {free_port()}
-restart_initial_s = 1
-restart_max_s = 5
-[updates]
-trusted_root = "{demo.server_dir / "tuf" / "metadata" / "1.root.json"}"
-interval_s = 2
-[serving]
-grpc_port = {agent.grpc_port}
-http_port = {agent.http_port}
-{demo.discovery_toml}requery_interval_s = 2
-{telemetry}""",
-        encoding="utf-8",
-    )
+    # What `edgeai server add-node` printed: the [telemetry] table with the broker account.
+    telemetry = tomllib.loads((agent.root / "telemetry.toml").read_text(encoding="utf-8"))
+    config = {
+        "node": agent.node,
+        "profile": agent.profile,
+        "state_dir": "state",
+        "data": "data.npz",
+        "metrics_interval_s": 2,
+        "federation": {
+            "root_certificates": str(ca),
+            "auth_private_key": "node_key",
+            "runtime_port": free_port(),
+            "restart_initial_s": 1,
+            "restart_max_s": 5,
+        },
+        "updates": {
+            "trusted_root": str(demo.server_dir / "tuf" / "metadata" / "1.root.json"),
+            "interval_s": 2,
+        },
+        "serving": {"grpc_port": agent.grpc_port, "http_port": agent.http_port},
+        "discovery": {**demo.discovery, "requery_interval_s": 2},
+        **telemetry,
+    }
+    (agent.root / "agent.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
 
 
 def write_fleet_json(demo: Demo, out: Path) -> Path:

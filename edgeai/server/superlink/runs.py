@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
+
 from edgeai.errors import EdgeAIError
 from edgeai.flower.runspec import SPEC_KEY, RunPaths, RunSpec, write_run_spec
 from edgeai.plumbing.files import atomic_write
@@ -57,27 +59,27 @@ class RunStatus:
 
 def app_pyproject(client_app: str = CLIENT_APP, server_app: str = SERVER_APP) -> str:
     """The app's ``pyproject.toml``: components and the one run-config key."""
-    return f"""[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "{APP_NAME}"
-version = "{APP_VERSION}"
-description = "edgeai federated training (deployed run)"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.flwr.app]
-publisher = "edgeai"
-
-[tool.flwr.app.components]
-serverapp = "{server_app}"
-clientapp = "{client_app}"
-
-[tool.flwr.app.config]
-{SPEC_KEY} = ""
-"""
+    return tomli_w.dumps(
+        {
+            "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+            "project": {
+                "name": APP_NAME,
+                "version": APP_VERSION,
+                "description": "edgeai federated training (deployed run)",
+                "license": "Apache-2.0",
+                "dependencies": [],
+            },
+            "tool": {
+                "flwr": {
+                    "app": {
+                        "publisher": "edgeai",
+                        "components": {"serverapp": server_app, "clientapp": client_app},
+                        "config": {SPEC_KEY: ""},
+                    }
+                }
+            },
+        }
+    )
 
 
 def write_app_dir(flwr_home: Path, client_app: str = CLIENT_APP) -> Path:
