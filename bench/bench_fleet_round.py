@@ -38,9 +38,9 @@ from tests.integration.test_federation_flower_fleet import (
     experiment,
     make_shards,
     rounds_of,
-    wait_for,
 )
 from tests.integration.test_warm_exec import WarmFleet
+from tests.support.waiting import wait_for_slow as wait_for
 
 
 def psutil_age_bias() -> float:

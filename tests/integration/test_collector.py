@@ -28,18 +28,11 @@ from edgeai.profiles import load_profile
 from edgeai.server.collector import DUPLICATE, Collector, CollectorConfig
 from edgeai.telemetry import Envelope, NodeTopics, Telemetry, TelemetryConfig
 from tests.mosquitto import Mosquitto
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 FLEET = "it"
-
-
-def wait_for(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

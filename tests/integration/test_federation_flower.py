@@ -21,8 +21,8 @@ from tests.integration.test_federation_flower_fleet import (
     make_shards,
     rounds_of,
     status_of,
-    wait_for,
 )
+from tests.support.waiting import wait_for_slow as wait_for
 
 pytestmark = pytest.mark.integration
 

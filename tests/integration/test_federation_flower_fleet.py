@@ -10,8 +10,6 @@ import contextlib
 import json
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,17 +32,6 @@ from edgeai.server.superlink.process import (
 from tests.mosquitto import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``cond`` until it is truthy; fail naming ``what`` after ``timeout`` s."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def make_shards(root: Path, count: int, size: int = 300) -> list[Path]:

@@ -30,9 +30,9 @@ from tests.integration.test_federation_flower_fleet import (
     make_shards,
     rounds_of,
     status_of,
-    wait_for,
 )
 from tests.mosquitto import free_port
+from tests.support.waiting import wait_for_slow as wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -24,9 +24,8 @@ import socket
 import ssl
 import struct
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeai.server.broker import BrokerConfig, Credentials, ManagedBroker
 from tests.mosquitto import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 FLEET = "sec"
@@ -46,14 +46,6 @@ BASE = f"edgeai/v1/{FLEET}"
 NOT_AUTHORIZED = 135
 BAD_LOGIN = (134, 135)  # bad user name or password / not authorized
 TIMEOUT_S = 10.0
-
-
-def wait_for(pred: Callable[[], bool], what: str, timeout_s: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # -- the tally ------------------------------------------------------------------------------
@@ -196,7 +188,7 @@ class Client:
             "127.0.0.1", self.fleet.port, 30, clean_start=not persistent, properties=props
         )
         self.client.loop_start()
-        wait_for(lambda: self.connack is not None, "a CONNACK")
+        wait_for(lambda: self.connack is not None, TIMEOUT_S, "a CONNACK")
         return self
 
     def close(self) -> None:
@@ -204,7 +196,7 @@ class Client:
         before = len(self.disconnects)
         if self.client.disconnect() == paho.MQTT_ERR_SUCCESS:
             with contextlib.suppress(AssertionError):
-                wait_for(lambda: len(self.disconnects) > before, "the DISCONNECT", 2)
+                wait_for(lambda: len(self.disconnects) > before, 2, "the DISCONNECT")
         self.client.loop_stop()
 
     def __enter__(self) -> Client:
@@ -223,6 +215,7 @@ class Client:
         mid = self.client.publish(topic, payload, qos=1, retain=retain).mid
         wait_for(
             lambda: mid in self.acks or len(self.disconnects) > drops,
+            TIMEOUT_S,
             f"the PUBACK of {topic[:80]}",
         )
         return self.acks.get(mid, -1)
@@ -232,7 +225,7 @@ class Client:
         rc, mid = self.client.subscribe(topic, qos=1)
         if mid is None:
             raise AssertionError(f"paho refused to subscribe to {topic[:80]}: {rc}")
-        wait_for(lambda: mid in self.acks, f"the SUBACK of {topic[:80]}")
+        wait_for(lambda: mid in self.acks, TIMEOUT_S, f"the SUBACK of {topic[:80]}")
         return self.acks[mid]
 
     def received(self, topic: str) -> list[bytes]:
@@ -240,7 +233,7 @@ class Client:
             return [p for t, p, _ in self.messages if t == topic]
 
     def wait_message(self, topic: str, payload: bytes) -> None:
-        wait_for(lambda: payload in self.received(topic), f"{payload!r} on {topic}")
+        wait_for(lambda: payload in self.received(topic), TIMEOUT_S, f"{payload!r} on {topic}")
 
 
 def round_trip(fleet: Fleet) -> bool:
@@ -433,7 +426,7 @@ def test_queued_commands_survive_a_takeover_attempt(fleet: Fleet) -> None:
     try:
         resumed = bool(b.session_present)
         with contextlib.suppress(AssertionError):
-            wait_for(lambda: len(b.received(cmd)) >= 3, "b's three queued commands", 5)
+            wait_for(lambda: len(b.received(cmd)) >= 3, 5, "b's three queued commands")
         got = [p.decode() for p in b.received(cmd)]
     finally:
         b.close()
@@ -739,6 +732,7 @@ def test_a_will_on_another_nodes_topic_is_never_published(fleet: Fleet, topic: s
                 )
                 is not None
             ),
+            TIMEOUT_S,
             "the broker to notice the dropped connection",
         )
         sentinel(fleet, server)

@@ -42,3 +42,8 @@ async def wait_for_async(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(poll_s)
+
+
+def wait_for_slow(cond: Callable[[], T], timeout_s: float = 30.0, what: str = "condition") -> T:
+    """:func:`wait_for` polling every 0.1 s, for conditions that cost an RPC or a file scan."""
+    return wait_for(cond, timeout_s, what, poll_s=0.1)

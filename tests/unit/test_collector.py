@@ -28,16 +28,9 @@ from edgeai.server.collector.collector import (
 )
 from edgeai.serving.metrics import ServingMetrics
 from edgeai.telemetry.topics import WILL_SEQ, Envelope, NodeTopics, release_topic
+from tests.support.clock import FakeClock
 
 FLEET = "unit"
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def message(
@@ -71,7 +64,7 @@ def metrics(node: str, *, seq: int, ts: float, boot: str = "boot-1", **values: A
 class Fleet:
     """A collector on an in-memory subscriber, with a fake clock."""
 
-    def __init__(self, db: Path, clock: Clock, prune_every: int = 256, **config: Any) -> None:
+    def __init__(self, db: Path, clock: FakeClock, prune_every: int = 256, **config: Any) -> None:
         self.sub = MemorySubscriber()
         self.clock = clock
         cfg = CollectorConfig(fleet=FLEET, db_path=db, offline_after_s=60, **config)
@@ -89,12 +82,12 @@ class Fleet:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1_000.0)
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, clock: Clock) -> Iterator[Fleet]:
+def fleet(tmp_path: Path, clock: FakeClock) -> Iterator[Fleet]:
     f = Fleet(tmp_path / "fleet.sqlite", clock)
     yield f
     f.collector.stop()
@@ -249,7 +242,7 @@ def test_release_events_set_the_release_state(fleet: Fleet) -> None:
 
 
 def test_offline_after_silence_unless_the_retained_status_says_online(
-    fleet: Fleet, clock: Clock
+    fleet: Fleet, clock: FakeClock
 ) -> None:
     clock.now = 1000
     fleet.send(
@@ -276,7 +269,7 @@ def test_duplicates_are_dropped_and_counted(fleet: Fleet) -> None:
     assert fleet.collector.stats()[DUPLICATE] == 2
 
 
-def test_a_restarted_collector_does_not_double_count(tmp_path: Path, clock: Clock) -> None:
+def test_a_restarted_collector_does_not_double_count(tmp_path: Path, clock: FakeClock) -> None:
     db = tmp_path / "fleet.sqlite"
     msgs = [message("a", "events", {"i": i}, seq=i, ts=i, name="tick") for i in range(1, 6)]
     first = Fleet(db, clock)
@@ -341,7 +334,7 @@ def test_release_announcements_are_kept_per_profile(fleet: Fleet) -> None:
     assert fleet.collector.releases() == {"rpi5": {"release": 5}}
 
 
-def test_history_is_bounded(tmp_path: Path, clock: Clock) -> None:
+def test_history_is_bounded(tmp_path: Path, clock: FakeClock) -> None:
     f = Fleet(tmp_path / "f.sqlite", clock, prune_every=5, max_history_rows=10, history_days=1)
     try:
         f.send(*[metrics("a", seq=i, ts=i, p95_ms=float(i)) for i in range(1, 31)])
@@ -453,7 +446,7 @@ _payloads = _envelopes | st.binary(max_size=40) | _json.map(lambda j: json.dumps
 def test_fuzzed_messages_never_crash_and_every_one_is_accounted(
     tmp_path_factory: pytest.TempPathFactory, msgs: list[tuple[str, bytes]]
 ) -> None:
-    f = Fleet(tmp_path_factory.mktemp("fuzz") / "f.sqlite", Clock())
+    f = Fleet(tmp_path_factory.mktemp("fuzz") / "f.sqlite", FakeClock(1_000.0))
     try:
         outcomes = f.send(*msgs)
         assert "error" not in outcomes
@@ -467,7 +460,7 @@ def test_fuzzed_messages_never_crash_and_every_one_is_accounted(
         f.collector.stop()
 
 
-def test_a_registry_serves_one_collector_at_a_time(tmp_path: Path, clock: Clock) -> None:
+def test_a_registry_serves_one_collector_at_a_time(tmp_path: Path, clock: FakeClock) -> None:
     registry = CollectorRegistry()
     config = CollectorConfig(fleet=FLEET, db_path=tmp_path / "r.sqlite")
     first = Collector(config, MemorySubscriber(), clock, registry=registry)

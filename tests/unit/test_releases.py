@@ -35,6 +35,7 @@ from edgeai.server.releases import (
     load_state,
 )
 from edgeai.task import TaskConfig
+from tests.support.clock import FakeClock
 
 X86, RPI = "x86-64-avx2", "rpi5"
 
@@ -61,14 +62,6 @@ class MemoryFleet:
 
     def events(self, since: float = 0.0, kinds: Sequence[str] = ()) -> Sequence[FleetEvent]:
         return [e for e in self.log if e.ts >= since and (not kinds or e.kind in kinds)]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeCompiler:
@@ -101,7 +94,7 @@ class Harness:
         self.fleet = MemoryFleet()
         self.announced: list[tuple[str, dict[str, Any]]] = []
         self.compiler = FakeCompiler()
-        self.clock = Clock()
+        self.clock = FakeClock(1_000.0)
         self.config = ReleaseConfig(state_dir=tmp / "state", calibration=tmp / "cal.npz",
                                     **config)  # fmt: skip
         self.model = tmp / "model.onnx"

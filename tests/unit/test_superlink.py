@@ -33,6 +33,7 @@ from edgeai.server.superlink import (
     superlink_argv,
 )
 from edgeai.server.superlink.runs import app_pyproject
+from tests.support.clock import FakeClock
 
 
 def test_tls_config_is_required_unless_insecure(tmp_path: Path) -> None:
@@ -122,17 +123,6 @@ class FakeGrid:
             for i in ids
             if self.ready_at[i] <= self.polls
         ]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, s: float) -> None:
-        self.now += s
 
 
 def test_replies_are_polled_until_all_came() -> None:

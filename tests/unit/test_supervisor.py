@@ -6,21 +6,12 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from edgeai.plumbing.supervisor import NOT_FOUND, Backoff, ProcessSupervisor, signal_name
-
-
-def _wait_for(cond: object, deadline_s: float = 10.0) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if callable(cond) and cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met before the deadline")
+from tests.support.waiting import wait_for
 
 
 def test_backoff_doubles_and_caps() -> None:
@@ -49,7 +40,7 @@ def test_crashing_child_is_restarted_with_growing_delays(tmp_path: Path) -> None
         log_path=tmp_path / "crasher.log",
     )
     sup.start()
-    _wait_for(lambda: sup.starts >= 4)
+    wait_for(lambda: sup.starts >= 4)
     sup.stop(grace_s=2)
     exits = [f for k, f in events if k == "process_exited"]
     assert [f["code"] for f in exits[:3]] == [3, 3, 3]
@@ -64,11 +55,11 @@ def test_killed_child_comes_back_and_stop_terminates_it() -> None:
         backoff=Backoff(initial_s=0.05),
     )
     sup.start()
-    _wait_for(lambda: sup.pid is not None)
+    wait_for(lambda: sup.pid is not None)
     first = sup.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    _wait_for(lambda: sup.pid not in (None, first))
+    wait_for(lambda: sup.pid not in (None, first))
     assert sup.last_exit == -signal.SIGKILL
     second = sup.pid
     assert sup.stop(grace_s=5) == -signal.SIGTERM
@@ -87,7 +78,7 @@ def test_a_long_healthy_run_resets_the_backoff() -> None:
     )
     sup.failures = 6  # as after a bad start-up
     sup.start()
-    _wait_for(lambda: sup.starts >= 2)
+    wait_for(lambda: sup.starts >= 2)
     sup.stop()
     assert sup.failures == 1
 
@@ -103,7 +94,7 @@ def test_missing_executable_is_reported_and_retried(tmp_path: Path) -> None:
     )
     sup.start()
     try:
-        _wait_for(lambda: sum(k == "process_exited" for k, _ in events) >= 2)
+        wait_for(lambda: sum(k == "process_exited" for k, _ in events) >= 2)
     finally:
         sup.stop()
     exited = [f for k, f in events if k == "process_exited"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +13,7 @@ import pytest
 from edgeai.configfile import parse
 from edgeai.errors import ConfigError
 from edgeai.telemetry import MemoryTransport, Telemetry, TelemetryConfig, decode
-
-
-def wait_for(pred: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from edgeai.agent.warm_exec import (
     describe_status,
     parse_args,
 )
+from tests.support.clock import FakeClock
 
 
 def spec(task_id: int = 1, task_type: TaskType = TaskType.CLIENT_APP) -> ExecutionSpec:
@@ -86,17 +87,6 @@ class RecordingExecutor:
 
     def close(self) -> None:
         self.closed = True
-
-
-@dataclass
-class FakeClock:
-    now: float = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def executor(fake: FakeOS, **kw: object) -> tuple[ForkExecutor, RecordingExecutor]:
