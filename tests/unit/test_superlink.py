@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,9 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edgeai.errors import ConfigError
 from edgeai.flower.experiment import Experiment
@@ -64,6 +67,55 @@ def test_argv_with_tls_and_node_auth(tmp_path: Path) -> None:
     assert "--enable-supernode-auth" in argv
     assert "--insecure" not in argv
     assert tls.key.stat().st_mode & 0o077 == 0
+
+
+def _handshake(ca: Path, cert: Path, key: Path, host: str) -> None:
+    """A TLS handshake in memory: a client that trusts ``ca`` dials ``host``."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(ca))  # X509_STRICT on 3.13
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    client = client_ctx.wrap_bio(bios[0], bios[1], server_hostname=host)
+    server = server_ctx.wrap_bio(bios[2], bios[3], server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for side, obj in (("client", client), ("server", server)):
+            if not done[side]:
+                try:
+                    obj.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+        bios[2].write(bios[1].read())
+        bios[0].write(bios[3].read())
+        if all(done.values()):
+            return
+    raise AssertionError("handshake did not finish")
+
+
+def test_generated_tls_verifies_for_every_host_and_keeps_no_ca_key(tmp_path: Path) -> None:
+    tls = generate_tls(tmp_path / "tls", hosts=("127.0.0.1", "localhost", "link.lan"))
+    assert sorted(p.name for p in (tmp_path / "tls").iterdir()) == [
+        "ca.pem",
+        "server.key",
+        "server.pem",
+    ]
+    cert = x509.load_pem_x509_certificate(tls.cert.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost", "link.lan"]
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in eku
+    assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
+    for host in ("127.0.0.1", "localhost", "link.lan"):
+        _handshake(tls.ca_cert, tls.cert, tls.key, host)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(tls.ca_cert, tls.cert, tls.key, "elsewhere.lan")
+    first_ca = tls.ca_cert.read_bytes()
+    again = generate_tls(tmp_path / "tls")  # a second set replaces the first
+    assert again.ca_cert == tls.ca_cert
+    assert again.ca_cert.read_bytes() != first_ca
+    _handshake(again.ca_cert, again.cert, again.key, "localhost")
 
 
 def test_flower_env_puts_the_venv_first_and_silences_flower(tmp_path: Path) -> None:
