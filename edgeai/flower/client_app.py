@@ -40,6 +40,7 @@ from edgeai.data.datasets import load_npz
 from edgeai.data.partition import PartitionSpec
 from edgeai.errors import ConfigError, DataError
 from edgeai.flower.plan import ClientPlan, TrainingConfig
+from edgeai.flower.sampling import IDENTITY_KEY, identity_of
 from edgeai.flower.tasks import (
     TASK_MISMATCH,
     TaskMismatchError,
@@ -291,6 +292,13 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     values, loss = evaluate(_model(task, state), data, task)
     metrics = MetricRecord({"num-examples": size_of(data), **values, "loss": loss})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query("identify")
+def identify(msg: Message, context: Context) -> Message:
+    """Say who this node is (its partition id or name): the server samples by it."""
+    identity = ConfigRecord(identity_of(context.node_config))  # type: ignore[arg-type]
+    return Message(content=RecordDict({IDENTITY_KEY: identity}), reply_to=msg)
 
 
 def plan_config(plan: ClientPlan) -> ConfigRecord:

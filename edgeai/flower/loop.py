@@ -23,7 +23,6 @@ does not evaluate the initial model.
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +38,10 @@ from numpy.typing import NDArray
 from edgeai.flower.client_app import plan_config
 from edgeai.flower.plan import ClientPlan
 from edgeai.flower.records import FinalState, RoundRecord
+from edgeai.flower.sampling import NodeDirectory
 from edgeai.flower.strategy import (
     ClientLevelDPFedAvg,
+    KeysOf,
     NotEnoughNodesError,
     RoundStats,
     ServerBudgetExhaustedError,
@@ -72,6 +73,9 @@ class ServerPlan:
     min_nodes: int | None = None
     node_wait_s: float = 300.0  # then the run fails with NotEnoughNodesError
     reply_poll_s: float = 0.1  # Flower's in-memory grid polls at 0.1 s too
+    # Sample and aggregate by each node's partition id, asked once (simulation: node ids
+    # are random every run); else by node id (deployment: stable, see flower/sampling.py).
+    identify_nodes: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,9 @@ class Start:
     """Where a run begins: round 1 with fresh weights, or after a checkpoint."""
 
     round: int = 1
-    # Seeds node sampling (Flower samples with the global ``random``) and client-level
-    # DP's sampling and noise.
+    # Seeds client-level DP's noise. Node sampling is seeded by the experiment's seed
+    # and the round alone (``plan.client.seed``), so a resumed run samples as an
+    # uninterrupted one would.
     seed: int = 0
     state: Mapping[str, NDArray[Any]] | None = None  # weights to resume from
     worst_epsilon: float | None = None  # the device-level ε reported so far
@@ -176,17 +181,25 @@ def reply_timing(replies: Iterable[Message]) -> dict[str, float]:
     return timing
 
 
-def build_strategy(plan: ServerPlan, start: Start, initial: ArrayRecord) -> ValidatingFedAvg:
-    """The strategy of ``plan``: validating FedAvg, with client-level DP when enabled."""
+def build_strategy(
+    plan: ServerPlan, start: Start, initial: ArrayRecord, keys_of: KeysOf | None = None
+) -> ValidatingFedAvg:
+    """The strategy of ``plan``: validating FedAvg, with client-level DP when enabled.
+
+    It samples nodes by the keys ``keys_of`` gives them (default: their node ids).
+    """
     common: dict[str, Any] = {
         "reference": reference_of({k: v.numpy() for k, v in initial.items()}),
         "max_examples": plan.max_examples,
         "node_wait_s": plan.node_wait_s,
+        "sampling_seed": plan.client.seed,
         "fraction_train": plan.clients_per_round / plan.num_clients,
         "min_train_nodes": plan.min_nodes or plan.clients_per_round,
         "min_available_nodes": plan.min_nodes or plan.num_clients,
         "fraction_evaluate": 0.0,  # central evaluation on the validation split instead
     }
+    if keys_of is not None:
+        common["keys_of"] = keys_of
     if not plan.central.enabled:
         return ValidatingFedAvg(**common)
     return ClientLevelDPFedAvg(
@@ -225,8 +238,8 @@ class RoundLoop:
                 {k: torch.from_numpy(np.array(v)) for k, v in start.state.items()}
             )
         arrays = ArrayRecord(model.state_dict())
-        random.seed(start.seed)  # FedAvg samples nodes with the global `random`
-        strategy = build_strategy(plan, start, arrays)
+        directory = NodeDirectory(self._asker(grid) if plan.identify_nodes else None)
+        strategy = build_strategy(plan, start, arrays, directory.keys_of)
         train_config = plan_config(cp)
         worst_eps = start.worst_epsilon  # ε only grows, so the worst device so far
         needed = plan.min_nodes or plan.num_clients
@@ -288,6 +301,15 @@ class RoundLoop:
         for sink in self.sinks:
             sink.run_ended(final)
         return final
+
+    def _asker(self, grid: Grid) -> Callable[[Sequence[Message]], list[Message]]:
+        def ask(messages: Sequence[Message]) -> list[Message]:
+            replies, _ = send_and_receive(
+                grid, messages, timeout_s=self.plan.round_timeout_s, poll_s=self.plan.reply_poll_s
+            )
+            return replies
+
+        return ask
 
 
 def _client_level(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import WARNING, getLogger
 from pathlib import Path
@@ -25,6 +25,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from edgeai.errors import EdgeAIError
 from edgeai.flower.client_app import BUDGET_EXHAUSTED
+from edgeai.flower.sampling import NodeKey, key_of, replies_in_order, sample_fixed, sample_poisson
 from edgeai.flower.validation import Reference, check_update
 from edgeai.plumbing.files import atomic_write
 from edgeai.plumbing.processes import wait_until
@@ -55,11 +56,21 @@ class RoundStats:
     train_loss: float | None = None
 
 
+KeysOf = Callable[[Iterable[int]], dict[int, NodeKey]]
+
+
+def _node_id_keys(node_ids: Iterable[int]) -> dict[int, NodeKey]:
+    return {n: key_of({}, n) for n in node_ids}
+
+
 class ValidatingFedAvg(FedAvg):
     """FedAvg whose ``aggregate_train`` rejects malformed, non-finite or absurd replies.
 
     Flower's FedAvg averages whatever arrives: one NaN reply poisons the
-    global model and one absurd ``num-examples`` outweighs the fleet.
+    global model and one absurd ``num-examples`` outweighs the fleet. It also samples
+    by node id, which is random in simulation: here nodes are sampled by the stable key
+    ``keys_of`` gives them, with ``sampling_seed`` and the round
+    (:mod:`edgeai.flower.sampling`), and replies are aggregated in key order.
     """
 
     def __init__(
@@ -68,12 +79,17 @@ class ValidatingFedAvg(FedAvg):
         reference: Reference,
         max_examples: int,
         node_wait_s: float = 300.0,
+        sampling_seed: int = 0,
+        keys_of: KeysOf = _node_id_keys,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.reference = reference
         self.node_wait_s = node_wait_s
         self.max_examples = max_examples
+        self.sampling_seed = sampling_seed
+        self.keys_of = keys_of
+        self.node_keys: dict[int, NodeKey] = {}  # of the nodes connected at the last sampling
         self.stats: dict[int, RoundStats] = {}
         self.rejected_total = 0
         # node id -> its latest DP report (cumulative ε, σ, q, steps): who is most exposed
@@ -82,13 +98,27 @@ class ValidatingFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample clients as FedAvg does, recording how many and how much is sent."""
+        """Sample as many clients as FedAvg does, by key; record how many, how much is sent."""
         self._wait_for_nodes(grid)
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        keys = self._sampling_keys(grid)
+        # FedAvg.configure_train's sample size, and its `min_available_nodes` wait above.
+        size = max(int(len(keys) * self.fraction_train), self.min_train_nodes)
+        chosen = sample_fixed(keys, size, self.sampling_seed, server_round)
+        return self._train_messages(server_round, arrays, config, chosen)
+
+    def _sampling_keys(self, grid: Grid) -> dict[int, NodeKey]:
+        self.node_keys = self.keys_of(grid.get_node_ids())
+        return self.node_keys
+
+    def _train_messages(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, chosen: list[int]
+    ) -> list[Message]:
+        config["server-round"] = server_round  # as FedAvg.configure_train does
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         self.stats[server_round] = RoundStats(
-            sampled=len(messages), bytes_down=len(messages) * arrays.count_bytes()
+            sampled=len(chosen), bytes_down=len(chosen) * arrays.count_bytes()
         )
-        return messages
+        return list(self._construct_messages(record, chosen, MessageType.TRAIN))
 
     def _wait_for_nodes(self, grid: Grid) -> None:
         # FedAvg's own wait polls once a second and never gives up; poll finely, bounded.
@@ -128,7 +158,8 @@ class ValidatingFedAvg(FedAvg):
         """Validate, then average the accepted replies weighted by ``num-examples``."""
         stats = self.stats.setdefault(server_round, RoundStats())
         accepted = []
-        for msg in replies:
+        # In key order, not arrival order: the same floating-point sums every run.
+        for msg in replies_in_order(replies, self.node_keys):
             if msg.has_error():
                 node = msg.metadata.src_node_id
                 if msg.error.code == BUDGET_EXHAUSTED:
@@ -219,7 +250,7 @@ class ClientLevelDPFedAvg(ValidatingFedAvg):
         self.sample_rate = clients_per_round / num_clients
         self.expected_clients = clients_per_round
         self.state_path = state_path
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)  # the noise (sampling: sampling_seed)
         self.accountant = ClientLevelAccountant("poisson")
         if state_path is not None and state_path.exists():  # resume after a restart
             saved = json.loads(state_path.read_text(encoding="utf-8"))
@@ -255,14 +286,9 @@ class ClientLevelDPFedAvg(ValidatingFedAvg):
                 )
         self._wait_for_nodes(grid)
         self._global = arrays
-        nodes = sorted(grid.get_node_ids())
-        chosen = [n for n in nodes if self.rng.random() < self.sample_rate]
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        self.stats[server_round] = RoundStats(
-            sampled=len(chosen), bytes_down=len(chosen) * arrays.count_bytes()
-        )
-        return self._construct_messages(record, chosen, MessageType.TRAIN)
+        keys = self._sampling_keys(grid)
+        chosen = sample_poisson(keys, self.sample_rate, self.sampling_seed, server_round)
+        return self._train_messages(server_round, arrays, config, chosen)
 
     def _combine(self, server_round: int, accepted: list[RecordDict]) -> ArrayRecord | None:
         if self._global is None:

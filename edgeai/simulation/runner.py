@@ -112,6 +112,7 @@ def run_experiment(
         max_examples=n_train,
         central=exp.central_privacy,
         central_state_path=central_state_path,
+        identify_nodes=True,  # node ids are random every run: sample by partition id
     )
     start_warming(exp)  # partitions and σ while Ray starts (a no-op if the CLI did it)
     init_ray(exp.simulation)

@@ -13,6 +13,7 @@ from flwr.clientapp import ClientApp
 from edgeai.flower import client_app as honest
 
 app = ClientApp()
+app.query("identify")(honest.identify)  # sampled and aggregated by partition id
 POISONED = {0: "nan", 1: "shape", 2: "zero-examples", 3: "inf", 4: "absurd-examples"}
 
 

@@ -201,3 +201,50 @@ def test_client_level_dp_survives_poison_and_resumes_its_ledger(tmp_path: Path) 
     assert second.rounds[0].client_epsilon is not None
     assert second.rounds[0].client_epsilon > eps[1]
     assert sum(h[2] for h in json.loads(state.read_text())["history"]) == 4
+
+
+SAMPLED = """
+name = "sampled"
+seed = 3
+[model]
+name = "dp-cnn-tiny"
+[data.partition]
+kind = "dirichlet"
+alpha = 0.5
+[federation]
+num_clients = 20
+clients_per_round = 5
+rounds = 3
+[training]
+batch_size = 32
+learning_rate = 1.0
+[simulation]
+num_cpus = 2
+"""
+DEVICE_DP = "[privacy]\nenabled = true\nnoise_multiplier = 1.0\n"  # fixed-size sampling
+CLIENT_DP = "[central_privacy]\nenabled = true\nnoise_multiplier = 0.5\nclip_norm = 5.0\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("privacy", [DEVICE_DP, CLIENT_DP], ids=["device-dp", "client-dp"])
+def test_a_sampled_experiment_gives_the_same_numbers_twice(tmp_path: Path, privacy: str) -> None:
+    from edgeai.simulation.outputs import round_json  # noqa: PLC0415
+
+    # Flower's simulation engine gives its nodes new random ids every run: sampling by
+    # node id trained other partitions each time. The same seed must give the same run.
+    exp_path = tmp_path / "sampled.toml"
+    exp_path.write_text(SAMPLED + privacy, encoding="utf-8")
+    timing = {"seconds"}
+    runs = []
+    for _ in range(2):
+        result = run_experiment(load_experiment(exp_path))
+        lines = [json.loads(round_json(r)) for r in result.rounds]
+        runs.append([{k: v for k, v in line.items() if k not in timing} for line in lines])
+    first, second = runs
+    assert [r["round"] for r in first] == [1, 2, 3]
+    if privacy == DEVICE_DP:
+        assert all(r["sampled"] == 5 for r in first)
+        assert all(r["epsilon"] is not None for r in first)
+    else:  # Poisson sampling: q = 0.25, a count that varies from round to round
+        assert all(r["client_epsilon"] is not None for r in first)
+    assert first == second
