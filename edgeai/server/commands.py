@@ -66,6 +66,7 @@ def run(
         + (f", dashboard {status['dashboard_url']}" if status.get("dashboard_url") else ""),
         err=True,
     )
+    typer.echo(f"flower CLI: FLWR_HOME={status['flwr_home']} flwr ls edgeai", err=True)
     try:
         code = server.serve_forever(exit_when_done=exit_when_done)
     finally:

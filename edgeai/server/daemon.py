@@ -41,6 +41,7 @@ from edgeai.server.superlink import (
     RunControl,
     RunStatus,
     SuperLinkProcess,
+    write_flwr_config,
 )
 from edgeai.telemetry.mqtt import PahoTransport, Transport
 
@@ -121,6 +122,7 @@ class FederationServer:
         self._announcer_transport = announcer_transport
         self._clock = clock
         home = config.superlink.flwr_home or self.state / "flwr-home"
+        self.flwr_home = home  # config.toml for `flwr ls edgeai` (superlink/flwr_cli.py)
         self.runs: RunControl = runs if runs is not None else ControlRuns(config.superlink, home)
         self.broker: ManagedBroker | None = None
         self.collector: Collector | None = None
@@ -170,6 +172,7 @@ class FederationServer:
         self.artifacts = serve(self.repo.path, cfg.artifacts.host, cfg.artifacts.port)
         self.superlink = self._given_superlink or SuperLinkProcess(cfg.superlink)
         self.superlink.start()
+        write_flwr_config(cfg.superlink, self.flwr_home)
         self.releases = ReleaseManager(self.repo, self.collector, self.announcer, cfg.releases)
         advert = self._given_advert
         if advert is None and cfg.discovery is not None:
@@ -345,6 +348,7 @@ class FederationServer:
             "broker_url": self.broker.url if self.broker else self.config.collector.broker_url,
             "metrics_url": self.metrics_url,
             "dashboard_url": self.dashboard.url if self.dashboard else None,
+            "flwr_home": str(self.flwr_home),
             "run": {
                 "id": self.run_id,
                 "status": self.run_status.status if self.run_status else None,

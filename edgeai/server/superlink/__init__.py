@@ -14,6 +14,7 @@ from edgeai.server.superlink.enroll import (
     read_public_key,
     unenroll,
 )
+from edgeai.server.superlink.flwr_cli import write_flwr_config
 from edgeai.server.superlink.process import (
     SuperLinkConfig,
     SuperLinkError,
@@ -61,4 +62,5 @@ __all__ = [
     "superlink_argv",
     "unenroll",
     "write_app_dir",
+    "write_flwr_config",
 ]
