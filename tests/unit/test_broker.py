@@ -289,13 +289,15 @@ def test_k8s_manifests_are_consistent_with_federation_toml() -> None:
 def test_k8s_broker_config_matches_the_kit() -> None:
     docs = k8s()
     data = docs["ConfigMap", "mosquitto-config"]["data"]
-    assert data["acl"] == (SERVER / "acl").read_text()
     keys = {ln.split()[0] for ln in directives(data["mosquitto.conf"])}
     assert keys == {ln.split()[0] for ln in directives((SERVER / "mosquitto.conf").read_text())}
     server_toml = tomllib.loads(
         docs["ConfigMap", "edgeai-server-config"]["data"]["federation.toml"]
     )
     broker = parse(BrokerConfig, server_toml["broker"], "k8s [broker]")
+    # The kit's ACL plus the collector replicas' read-only accounts (k8s/collector.yaml).
+    assert data["acl"].startswith((SERVER / "acl").read_text())
+    assert data["acl"] == render_acl(broker.fleet, broker.server_user, broker.collector_users)
     collector = parse(CollectorConfig, server_toml["collector"], "k8s [collector]")
     assert broker.broker_url == collector.broker_url == "mqtts://mosquitto:8883"
     mosquitto_port = docs["Service", "mosquitto"]["spec"]["ports"][0]["port"]

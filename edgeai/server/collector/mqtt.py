@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -71,6 +72,9 @@ class PahoSubscriber:
         client.on_disconnect = self._handle_disconnect
         client.on_subscribe = self._handle_subscribe
         client.on_message = self._handle_message
+        self._unsubscribed = threading.Event()
+        self._last_message = 0.0
+        client.on_unsubscribe = lambda *_: self._unsubscribed.set()
         self._client = client
 
     def start(self, filters: Sequence[str], on_message: MessageCallback) -> None:
@@ -81,6 +85,24 @@ class PahoSubscriber:
     def wait_subscribed(self, timeout_s: float) -> bool:
         """Wait for the SUBACK of the latest connection."""
         return self._subscribed.wait(timeout_s)
+
+    def leave(self, timeout_s: float = 10.0, quiet_s: float = 1.0) -> bool:
+        """Unsubscribe, then take what the session still holds until ``quiet_s`` of silence.
+
+        For a member of a shared subscription group that goes away for good (a scale-down):
+        Mosquitto 2.0 keeps routing a member's share to its session while it is offline, so
+        a replica that only disconnected would collect its share on the broker until the
+        session expired.  False if the broker did not acknowledge within ``timeout_s``.
+        """
+        self._unsubscribed.clear()
+        self._last_message = time.monotonic()
+        if self._client.unsubscribe(list(self._filters))[0] != paho.MQTT_ERR_SUCCESS:
+            return False
+        acked = self._unsubscribed.wait(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() - self._last_message < quiet_s and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return acked
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Send DISCONNECT (reason 0: the session stays) and stop the network thread."""
@@ -122,6 +144,7 @@ class PahoSubscriber:
 
     def _handle_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
         self._on_message(msg.topic, bytes(msg.payload), bool(msg.retain))
+        self._last_message = time.monotonic()
 
 
 class MemorySubscriber:

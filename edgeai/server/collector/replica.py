@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edgeai.errors import ConfigError
 from edgeai.server.collector.collector import Collector, CollectorConfig
+from edgeai.server.collector.mqtt import PahoSubscriber
 
 __all__ = ["PASSWORD_ENV", "replica_config", "run_replica"]
 
@@ -75,9 +76,12 @@ def run_replica(
     """Collect until ``stop`` is set; ``on_ready(metrics_url)`` once subscribed.
 
     A broker that is down at start is not an error: paho reconnects on its own, and the
-    broker queues the group's share for this session meanwhile.
+    broker queues the group's share for this session meanwhile.  On ``stop`` the replica
+    unsubscribes and drains its session before it disconnects: a replica scaled away
+    leaves nothing behind (a SIGKILLed one leaves its share queued until it restarts).
     """
-    with Collector(config) as collector:
+    transport = PahoSubscriber(config.mqtt_options())
+    with Collector(config, transport) as collector:
         url = collector.serve_metrics(metrics_host, metrics_port).url
         announced = False
         while not stop.is_set():
@@ -87,3 +91,7 @@ def run_replica(
                 announced = True
             elif announced:
                 stop.wait(poll_s)
+        # Leave the group before disconnecting: the broker would otherwise keep queuing this
+        # replica's share in its session (Mosquitto 2.0) until it came back.
+        if collector.is_connected() and not transport.leave():
+            log.warning("collector %s: the broker did not confirm the unsubscribe", config.username)
