@@ -40,7 +40,7 @@ app.add_typer(
 app.add_typer(
     task_commands.app,
     name="tasks",
-    help="The built-in tasks (`tasks list`); bring your own with [task] ref = \"module:Class\".",
+    help='The built-in tasks (`tasks list`); bring your own with [task] ref = "module:Class".',
 )
 app.add_typer(
     agent_commands.app,
