@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,21 +83,39 @@ def int8_static(
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-        quantize_static(
-            str(pre),
-            str(dst),
-            _Reader(input_name, calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=qs.reduce_range,
-            activation_type=QuantType.QInt8 if qs.symmetric else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={
-                "ActivationSymmetric": qs.symmetric,
-                "WeightSymmetric": True,
-            },
-        )
+        for op_types in (None, COMPUTE_OPS):
+            quantize_static(
+                str(pre),
+                str(dst),
+                _Reader(input_name, calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=qs.reduce_range,
+                activation_type=QuantType.QInt8 if qs.symmetric else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                op_types_to_quantize=op_types,
+                extra_options={
+                    "ActivationSymmetric": qs.symmetric,
+                    "WeightSymmetric": True,
+                },
+            )
+            if not duplicate_outputs(onnx.load(str(dst))):
+                return
+        raise ValueError(f"{dst.name}: the quantized graph defines a tensor twice")
+
+
+# ORT's quantize_static (seen with onnxruntime 1.32) on a GroupNorm that torch's dynamo exporter
+# decomposed into Reshape → InstanceNormalization → Shape → Reshape inserts a
+# DequantizeLinear whose output reuses the Shape node's output name ("Duplicate definition
+# of name"); quantizing only the ops that gain from int8 avoids it.
+COMPUTE_OPS = ["Conv", "MatMul", "Gemm", "Add", "Mul", "Relu"]
+
+
+def duplicate_outputs(model: onnx.ModelProto) -> list[str]:
+    """Tensor names that more than one node of ``model``'s main graph defines."""
+    counts = Counter(o for n in model.graph.node for o in n.output)
+    return sorted(name for name, count in counts.items() if count > 1)
 
 
 def int8_dynamic(src: Path, dst: Path) -> None:

@@ -102,14 +102,14 @@ def _compile(user: Path, model: Path, profile: str, out: Path) -> Path:
     return out
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="int8-static of this graph fails to load (ORT 'Duplicate definition of name'), and "
-    "fp32's p95 misses the 5 ms budget on a loaded 2-core host (p50 is 0.3 ms)",
-)
 def test_the_model_compiles_for_x86_64_avx2(trained: tuple[Path, Path], tmp_path: Path) -> None:
     user, out = trained
-    _compile(user, out / "model.onnx", "x86-64-avx2", tmp_path / "bundle")
+    bundle = _compile(user, out / "model.onnx", "x86-64-avx2", tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (static,) = [c for c in manifest["candidates"] if c["precision"] == "int8-static"]
+    # GroupNorm as the dynamo exporter writes it once made ORT's quantizer define a tensor
+    # twice, and the int8 candidate did not load.
+    assert not any("does not load" in v for v in static.get("violations", [])), static
 
 
 def test_the_rpi5_bundle_is_served_to_the_stock_tritonclient(
