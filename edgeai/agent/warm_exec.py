@@ -48,15 +48,14 @@ import gc
 import importlib
 import logging
 import os
-import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeai.agent.warm_child import child_main, describe_status
 from edgeai.plumbing.processes import wait_until
 
 if TYPE_CHECKING:
@@ -81,79 +80,6 @@ DEFAULT_PRELOAD = (
 READY_LINE = "edgeai warm SuperExec ready"
 EXIT_PRELOAD_FAILED = 3
 CLIENT_APP = "flwr-clientapp"
-
-
-def child_exit_code(exc: BaseException | None) -> int:
-    """The exit status of a child that ended with ``exc`` (``None``: returned normally)."""
-    if exc is None:
-        return 0
-    if isinstance(exc, SystemExit):
-        code = exc.code
-        if code is None:
-            return 0
-        return code if isinstance(code, int) else 1
-    return 1
-
-
-def describe_status(status: int) -> str:
-    """``exit 3`` / ``killed by SIGKILL`` for a ``waitpid`` status."""
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit {os.waitstatus_to_exitcode(status)}"
-
-
-def run_task(spec: ExecutionSpec) -> None:
-    """Run one ClientApp task in this (forked) process, as ``flwr-clientapp`` would."""
-    from flwr.supercore.tls import validate_and_resolve_root_certificates  # noqa: PLC0415
-    from flwr.supernode.runtime.run_clientapp import run_clientapp  # noqa: PLC0415
-
-    run_clientapp(
-        runtime_api_address=spec.runtime_api_address,
-        token=spec.token,
-        insecure=spec.insecure,
-        certificates=validate_and_resolve_root_certificates(
-            spec.root_certificates_path, spec.insecure
-        ),
-        parent_pid=None,  # outlive a killed SuperExec: see the module docstring
-        runtime_dependency_install=spec.runtime_dependency_install,
-    )
-
-
-def _forget_parent_state(suppress_output: bool) -> None:
-    """Undo what the child inherited from the SuperExec loop but must not run or share."""
-    for sig in (signal.SIGTERM, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    # The parent's handlers close its Runtime API client and executor (run_superexec.py).
-    from flwr.supercore.exit import exit_handler  # noqa: PLC0415
-
-    exit_handler.registered_exit_handlers.clear()
-    if suppress_output:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        # Siblings forked from one parent would otherwise share one global stream.
-        numpy.random.seed()
-
-
-def child_main(spec: ExecutionSpec, task: Callable[[ExecutionSpec], None] = run_task) -> None:
-    """Body of a forked child: run ``task`` and ``os._exit`` with its status; never returns."""
-    error: BaseException | None = None
-    try:
-        _forget_parent_state(spec.suppress_output)
-        task(spec)
-    except BaseException as exc:  # every way out must end in os._exit
-        error = exc
-        if not isinstance(exc, SystemExit | KeyboardInterrupt):
-            traceback.print_exc()
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(child_exit_code(error))
 
 
 @dataclass

@@ -53,44 +53,9 @@ from typing import NamedTuple
 
 from edgeai.errors import EdgeAIError
 from edgeai.plumbing.sqlite import DatabaseOpenError, Synchronous, open_db
+from edgeai.telemetry._outbox_schema import APPLICATION_ID, MIGRATIONS, legacy_version
 
 log = logging.getLogger(__name__)
-
-APPLICATION_ID = int.from_bytes(b"eaTO", "big")  # PRAGMA application_id: telemetry outbox
-_MESSAGES = """CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL CHECK (qos IN (0, 1, 2)),
-    retain INTEGER NOT NULL CHECK (retain IN (0, 1)),
-    boot_id TEXT NOT NULL,
-    seq INTEGER NOT NULL
-)"""
-# Append only: migrations[i] takes a file from user_version i to i + 1.
-MIGRATIONS = (
-    # 1: the tables (IF NOT EXISTS: unversioned outboxes run this too).
-    ";\n".join(
-        (
-            _MESSAGES,
-            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS boots "
-            "(boot_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)",
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);",
-        )
-    ),
-    # 2: ids from memory: the same table, rebuilt without the AUTOINCREMENT older files had.
-    ";\n".join(
-        (
-            _MESSAGES.replace("IF NOT EXISTS messages", "messages_new"),
-            "INSERT INTO messages_new (id, topic, payload, qos, retain, boot_id, seq) "
-            "SELECT id, topic, payload, qos, retain, boot_id, seq FROM messages",
-            "DROP TABLE messages",
-            "ALTER TABLE messages_new RENAME TO messages;",
-        )
-    ),
-)
-_LEGACY_TABLES = {"messages", "meta", "boots", "sqlite_sequence"}
-
 
 _INSERT = (
     "INSERT INTO messages (id, topic, payload, qos, retain, boot_id, seq) "
@@ -166,7 +131,7 @@ class Outbox:
                 name="telemetry outbox",
                 synchronous=synchronous,
                 timeout_s=timeout_s,
-                legacy=_legacy_version,
+                legacy=legacy_version,
                 # One process owns the file: exclusive locking skips the WAL's shared-memory
                 # index (https://www.sqlite.org/wal.html#noshm), ~5 us of a ~20 us commit.
                 exclusive=True,
@@ -381,12 +346,6 @@ class Outbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _legacy_version(db: sqlite3.Connection) -> int | None:
-    """An outbox from before ``user_version`` (its tables, no more): run every migration."""
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    return 0 if "messages" in tables and tables <= _LEGACY_TABLES else None
 
 
 def _runs(ids: list[int]) -> list[tuple[int, int]]:

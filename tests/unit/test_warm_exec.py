@@ -15,13 +15,11 @@ from flwr.supercore.exit import exit_handler as flwr_exit_handler
 from flwr.supercore.superexec import run_superexec as flwr_run_superexec
 from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult, LaunchResultStatus
 
+from edgeai.agent.warm_child import child_exit_code, child_main, describe_status
 from edgeai.agent.warm_exec import (
     DEFAULT_PRELOAD,
     ForkExecutor,
     _executor_injected,
-    child_exit_code,
-    child_main,
-    describe_status,
     parse_args,
 )
 from tests.support.clock import FakeClock
