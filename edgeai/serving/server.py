@@ -8,7 +8,6 @@ graceful drain. Exit codes: 0 stopped cleanly; 1 could not listen (port taken, b
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 import sys
@@ -23,6 +22,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from edgeai.configfile import Frozen
 from edgeai.errors import EdgeAIError
+from edgeai.plumbing.net import is_loopback
 from edgeai.profiles import DeviceProfile
 from edgeai.serving.batcher import MicroBatcher
 from edgeai.serving.budget import ByteBudget
@@ -43,16 +43,6 @@ class ExitCode:
 
 class ServingStartError(EdgeAIError, OSError):
     """A front end could not bind its address."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only listens on this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
 
 
 class ServingConfig(Frozen):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edgeai.server.dashboard.app import check_access, make_app
-    from edgeai.server.dashboard.config import DashboardConfig, is_loopback
+    from edgeai.server.dashboard.config import DashboardConfig
     from edgeai.server.dashboard.server import DashboardError, DashboardServer
     from edgeai.server.dashboard.source import StateSource
 
@@ -34,13 +34,11 @@ __all__ = [
     "DashboardServer",
     "StateSource",
     "check_access",
-    "is_loopback",
     "make_app",
 ]
 
 _FACE = {
     "DashboardConfig": "edgeai.server.dashboard.config",
-    "is_loopback": "edgeai.server.dashboard.config",
     "DashboardError": "edgeai.server.dashboard.server",
     "DashboardServer": "edgeai.server.dashboard.server",
     "StateSource": "edgeai.server.dashboard.source",

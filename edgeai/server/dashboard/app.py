@@ -29,8 +29,9 @@ from typing import Any
 
 from aiohttp import web
 
+from edgeai.plumbing.net import is_loopback
 from edgeai.server.dashboard.alerts import alerts
-from edgeai.server.dashboard.config import DashboardConfig, is_loopback
+from edgeai.server.dashboard.config import DashboardConfig
 from edgeai.server.dashboard.page import NodeQuery, PageRenderer, QueryError, node_page
 from edgeai.server.dashboard.source import StateSource
 

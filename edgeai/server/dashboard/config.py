@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from pydantic import Field, ValidationInfo, field_validator
 
 from edgeai.configfile import Frozen
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
+from edgeai.plumbing.net import is_loopback
 
 
 class DashboardConfig(Frozen):
