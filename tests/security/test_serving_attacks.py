@@ -720,15 +720,25 @@ class Proc:
         return self.proc.wait(20)
 
 
-@pytest.fixture(scope="module")
-def proc(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    server = Proc(tiny_bundle, tmp_path_factory.mktemp("serve"), "--token", TOKEN)
+def _serve(bundle: Path, root: Path) -> Iterator[Proc]:
+    server = Proc(bundle, root, "--token", TOKEN)
     try:
         yield server
     finally:
         if server.proc.poll() is None:
             server.proc.kill()
         server.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def proc(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    yield from _serve(tiny_bundle, tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture
+def fresh_proc(tiny_bundle: Path, tmp_path: Path) -> Iterator[Proc]:
+    """A server of its own: its peak RSS is this test's, not the whole module's."""
+    yield from _serve(tiny_bundle, tmp_path)
 
 
 LOGGED = [
@@ -768,7 +778,8 @@ def _post(port: int, body: bytes, results: list[int | None]) -> None:
 
 
 @pytest.mark.integration
-def test_six_concurrent_max_size_requests_stay_well_under_memory_max(proc: Proc) -> None:
+def test_six_concurrent_max_size_requests_stay_well_under_memory_max(fresh_proc: Proc) -> None:
+    proc = fresh_proc
     # The shipped limit is 16 MiB; "1, " per value packs the most values (and so the most
     # decoding) into it: 7,000 rows of 28x28.
     rows = (16 * 2**20 - 200) // (784 * 3)
@@ -786,7 +797,10 @@ def test_six_concurrent_max_size_requests_stay_well_under_memory_max(proc: Proc)
     assert results == [200] * 6
     # Before the in-flight budget and sliced runs: 712 MB here (1.0 GB on the reporter's
     # device) against MemoryMax=1G; now ~400 MB.
-    assert peak < 600, peak
+    # Asserted as growth over this process's own idle RSS (idle differs by host and
+    # build), and as headroom under the unit's MemoryMax=1G.
+    assert peak - idle < 400, (idle, peak)
+    assert peak < 800, peak
     assert raw_http(proc.port, http_request("GET", "/v2/health/ready"))[0] == 200
 
 
