@@ -70,7 +70,11 @@ def _edit_bias(d: Path, by: float = 1000.0) -> None:
     from onnx import numpy_helper  # noqa: PLC0415
 
     model = onnx.load(str(d / "model.onnx"))
-    bias = [t for t in model.graph.initializer if len(t.dims) == 1 and t.data_type == 1][-1]
+    # The bundle may be fp32 or int8 (compile chooses by timing): edit a float vector as
+    # long as the class count (the classifier's bias, or its per-channel weight scale).
+    classes = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    vectors = [t for t in model.graph.initializer if len(t.dims) == 1 and t.data_type == 1]
+    bias = ([t for t in vectors if t.dims[0] == classes] or vectors)[-1]
     edited = numpy_helper.to_array(bias) + np.float32(by)
     bias.CopyFrom(numpy_helper.from_array(edited.astype(np.float32), bias.name))
     onnx.save(model, str(d / "model.onnx"))
