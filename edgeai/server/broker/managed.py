@@ -60,19 +60,7 @@ from edgeai.server.broker.files import (
 from edgeai.telemetry.settings import check_broker_url
 from edgeai.telemetry.topics import check_name
 
-__all__ = [
-    "BrokerConfig",
-    "BrokerError",
-    "BrokerPaths",
-    "Credentials",
-    "ManagedBroker",
-    "add_node",
-    "releases_user",
-    "remove_node",
-    "render_acl",
-    "render_mosquitto_conf",
-    "write_mosquitto_conf",
-]
+__all__ = ["BrokerConfig", "ManagedBroker", "add_node", "remove_node", "write_mosquitto_conf"]
 
 _RUNNING = re.compile(rb"mosquitto version \S+ running")  # NOTICE, after binding
 _RELOADED = b"Reloading config."  # the INFO line src/mosquitto.c logs on SIGHUP
