@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from edgeai.artifacts import ArtifactRepository
 from edgeai.artifacts._http import directory_lookup
-from edgeai.plumbing.processes import free_port
+from tests.support.federation import loopback_federation
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 
@@ -93,36 +93,9 @@ def write_federation(root: Path) -> Path:
     rng = np.random.default_rng(0)
     np.savez(state / "cal.npz", X=rng.integers(0, 255, (8, 28, 28), dtype=np.uint8),
              y=np.arange(8) % 10)  # fmt: skip
-    config = state / "federation.toml"
-    config.write_text(
-        f"""fleet = "sec"
-state_dir = "{state}"
-metrics_port = 0
-discovery = false
-[dashboard]
-port = 0
-[superlink]
-host = "127.0.0.1"
-port = {free_port()}
-database = "superlink.db"
-insecure = true
-node_auth = false
-[broker]
-manage = true
-host = "127.0.0.1"
-port = {free_port()}
-data_dir = "broker"
-[artifacts]
-repository = "tuf"
-host = "127.0.0.1"
-port = {free_port()}
-[releases]
-state_dir = "releases"
-calibration = "cal.npz"
-""",
-        encoding="utf-8",
+    return loopback_federation(
+        state / "federation.toml", state_dir=str(state), calibration="cal.npz", fleet="sec"
     )
-    return config
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeai.plumbing.processes import free_port
+from tests.support.federation import loopback_federation
 
 pytestmark = pytest.mark.integration
 
@@ -70,35 +70,14 @@ def test_non_utf8_experiment_is_bad_input(tmp_path: Path, junk: bytes) -> None:
     assert_bad_input(done, "exp.toml", "UTF-8")
 
 
-def federation(tmp_path: Path, calibration: str, run: str = "") -> Path:
-    config = tmp_path / "federation.toml"
-    config.write_text(
-        f"""fleet = "cfg"
-state_dir = "state"
-metrics_port = 0
-discovery = false
-[dashboard]
-port = 0
-[superlink]
-host = "127.0.0.1"
-port = {free_port()}
-database = "superlink.db"
-insecure = true
-node_auth = false
-[broker]
-manage = true
-host = "127.0.0.1"
-port = {free_port()}
-[artifacts]
-host = "127.0.0.1"
-port = {free_port()}
-[releases]
-state_dir = "releases"
-calibration = "{calibration}"
-{run}""",
-        encoding="utf-8",
+def federation(tmp_path: Path, calibration: str, **extra: object) -> Path:
+    return loopback_federation(
+        tmp_path / "federation.toml",
+        state_dir="state",
+        calibration=calibration,
+        fleet="cfg",
+        **extra,
     )
-    return config
 
 
 def test_missing_calibration_stops_the_server_before_it_starts(tmp_path: Path) -> None:
@@ -124,7 +103,7 @@ def test_run_experiment_is_validated_at_start_up(tmp_path: Path) -> None:
         QUICKSTART.replace("target_epsilon = 3.0", "target_epsilon = inf"), encoding="utf-8"
     )
     config = federation(
-        tmp_path, str(tmp_path / "cal.npz"), run=f'[run]\nexperiment = "{tmp_path / "exp.toml"}"\n'
+        tmp_path, str(tmp_path / "cal.npz"), run={"experiment": str(tmp_path / "exp.toml")}
     )
     done = edgeai("server", "run", "-c", str(config), cwd=tmp_path)
     assert_bad_input(done, "run.experiment", "target_epsilon")
