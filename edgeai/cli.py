@@ -176,7 +176,7 @@ def compile_(
     acc = manifest["accuracy"]
     console.print(
         f"[bold]{manifest['precision']}[/] for {device.name}: "
-        f"{manifest['size_bytes'] / 1e6:.2f} MB, accuracy {acc['bundle']:.4f} "
+        f"{manifest['size_bytes'] / 1e6:.2f} MB, {acc['metric']} {acc['bundle']:.4f} "
         f"(fp32 {acc['fp32']:.4f}); wrote {out}"
     )
 

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from edgeai.configfile import Frozen, anchor_fields, anchored, load
 from edgeai.discovery.config import DiscoveryConfig
 from edgeai.serving.server import ServingConfig
+from edgeai.task.config import TaskConfig
 from edgeai.telemetry.client import TelemetryConfig
 
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -85,6 +86,10 @@ class AgentConfig(Frozen):
     profile: str  # a profile name (`edgeai profiles list`) or a YAML path
     state_dir: Path = Path("/var/lib/edgeai")
     data: Path | None = None  # this device's training data (.npz X, y); None: serve only
+    # The task this device trains: [task] name = "mnist" (a built-in) or ref = "module:attr"
+    # with path = the folder the module is in (default: this file's). None: the plan's task,
+    # which suits built-ins only (a ref names a folder on the server).
+    task: TaskConfig | None = None
     bundle: Path | None = None  # a factory bundle to serve until the first release arrives
     metrics_interval_s: float = Field(30.0, gt=0)
     shutdown_grace_s: float = Field(10.0, ge=0)
@@ -145,6 +150,9 @@ def load_agent_config(path: Path) -> AgentConfig:
         ),
         "updates": anchor_fields(cfg.updates, ("trusted_root",), base),
     }
+    if cfg.task is not None and cfg.task.ref is not None:
+        folder = anchored(Path(cfg.task.path or "."), base)
+        changes["task"] = cfg.task.model_copy(update={"path": str(folder)})
     if cfg.telemetry is not None:
         # (outbox_path is relative to state_dir: the agent anchors it there.)
         changes["telemetry"] = anchor_fields(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -65,3 +66,24 @@ def check_named_files(config: AgentConfig) -> None:
         if path is not None and not path.is_file():
             what = "is not a file" if path.exists() else "does not exist"
             raise ConfigError(f"agent.toml: {field} = {str(path)!r} {what}: fix the path")
+    task = config.task
+    if fed.enabled and task is not None and task.ref is not None:
+        _check_task_module(task.ref, Path(task.path or "."))
+
+
+def _check_task_module(ref: str, folder: Path) -> None:
+    # Found, not imported: importing a task pulls in torch, which the agent itself never
+    # needs (the ClientApp processes load the task).
+    module = ref.partition(":")[0]
+    top = module.split(".")[0]
+    if (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file():
+        return
+    try:
+        found = importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigError(
+            f"agent.toml: task.ref = {ref!r}: module {module!r} is neither in {folder} "
+            "(task.path) nor installed; copy the task's module there or install it"
+        )

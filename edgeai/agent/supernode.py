@@ -31,6 +31,8 @@ def node_config(cfg: AgentConfig) -> dict[str, str]:
     }
     if cfg.data is not None:
         values["data-path"] = str(cfg.data)
+    if cfg.task is not None:  # the ClientApp loads this, and checks it is the plan's task
+        values["task-config"] = cfg.task.model_dump_json(exclude_defaults=True)
     return values
 
 

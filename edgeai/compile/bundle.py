@@ -26,6 +26,7 @@ from edgeai.compile.graph import (
     opset_of,
     optimize,
 )
+from edgeai.compile.score import GateMetric, gate_metric
 from edgeai.compile.select import (
     Candidate,
     CompileOptions,
@@ -36,8 +37,8 @@ from edgeai.compile.select import (
     time_candidates,
 )
 from edgeai.data.datasets import load_npz
-from edgeai.errors import CompileError, DataError, UnknownNameError
-from edgeai.models.checkpoint import is_checkpoint, load_checkpoint
+from edgeai.errors import CompileError, ConfigError, DataError, UnknownNameError
+from edgeai.models.checkpoint import TASK_MODEL_PREFIX, is_checkpoint, load_checkpoint
 from edgeai.plumbing.files import sha256_file
 from edgeai.profiles import DeviceProfile
 from edgeai.runtime import measure as ev
@@ -66,7 +67,7 @@ def _provenance(model: onnx.ModelProto) -> dict[str, object]:
 
 
 def _data(path: Path, shape: tuple[int | str | None, ...], opts: CompileOptions) -> tuple[Any, ...]:
-    x, y = load_npz(path)
+    x, y = load_npz(path, float_targets=True)
     if tuple(x.shape[1:]) != tuple(shape[1:]):
         raise CompileError(
             f"{path}: samples have shape {list(x.shape[1:])} but the model takes "
@@ -197,7 +198,10 @@ def _build(  # noqa: PLR0917  (private; one call site)
         onnx.save(base, str(work / "fp32.onnx"))
     fp32_session = ev.cpu_session(str(work / "fp32.onnx"), cpu_threads(profile))
     ref = ev.predict(fp32_session, x_eval)
-    fp32_acc = float((ref.argmax(axis=1) == y_eval).mean())
+    prov = _provenance(source)
+    metric = gate_metric(prov.get("primary_metric"), y_eval)
+    fp32_score = metric(ref, y_eval)
+    say(f"gate metric {metric.name} ({metric.why}): fp32 {fp32_score:.4f}")
     timed = opts.measure_latency and host_stands_in(profile)
     qs = cand.QuantSettings(
         symmetric=any(ep.name == "TensorrtExecutionProvider" for ep in profile.execution_providers),
@@ -221,12 +225,14 @@ def _build(  # noqa: PLR0917  (private; one call site)
             skipped.append(skip)
             continue
         _fix_ir(c.path, profile.ir_version_max)
-        evaluate_candidate(c, ref, x_eval, y_eval, profile)
+        evaluate_candidate(c, ref, x_eval, y_eval, profile, metric=metric)
         if precision not in profile.precisions:
             c.notes.append("not offered by the profile; built as the fp32 reference")
             c.violations.append("not offered by the profile")
         built.append(c)
-    winner, why, decision = _time_and_choose(built, x_eval, profile, opts, timed, fp32_acc, say)
+    winner, why, decision = _time_and_choose(
+        built, x_eval, profile, opts, timed, (fp32_score, metric), say
+    )
     say(f"chose {winner.precision}: {why}")
     shutil.copyfile(winner.path, tmp / "model.onnx")
     golden_x = np.ascontiguousarray(x_eval[: opts.golden_samples])
@@ -238,7 +244,6 @@ def _build(  # noqa: PLR0917  (private; one call site)
     np.savez(tmp / "golden.npz", allow_pickle=False, **golden_arrays)
     final = onnx.load(str(tmp / "model.onnx"))
     model_sha = sha256_file(tmp / "model.onnx")
-    prov = _provenance(source)
     manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
         "model": {
@@ -264,9 +269,11 @@ def _build(  # noqa: PLR0917  (private; one call site)
         "delta": prov.get("delta"),
         "provenance": prov,
         "size_bytes": (tmp / "model.onnx").stat().st_size,
-        "accuracy": {
-            "fp32": fp32_acc,
-            "bundle": winner.metrics.get("accuracy"),
+        "accuracy": {  # on the gate's metric: the task's primary one (score.py)
+            "metric": metric.name,
+            "metric_why": metric.why,
+            "fp32": fp32_score,
+            "bundle": winner.metrics.get("score"),
             "drop_pct": winner.metrics.get("accuracy_drop_pct"),
             "top1_agreement": winner.metrics.get("top1_agreement"),
             "samples": len(x_eval),
@@ -311,7 +318,7 @@ def _time_and_choose(  # noqa: PLR0917  (private; one call site)
     profile: DeviceProfile,
     opts: CompileOptions,
     timed: bool,
-    fp32_acc: float,
+    reference: tuple[float, GateMetric],
     say: Callable[[str], None],
 ) -> tuple[Candidate, str, dict[str, object] | None]:
     if timed:
@@ -322,7 +329,8 @@ def _time_and_choose(  # noqa: PLR0917  (private; one call site)
     return choose(
         built,
         timed=timed,
-        fp32_acc=fp32_acc,
+        reference=reference[0],
+        metric=reference[1],
         budget=profile.budgets.accuracy_drop_pct,
         min_speedup_pct=opts.min_speedup_pct,
     )
@@ -337,8 +345,15 @@ def _export(checkpoint: Path, dst: Path) -> Path:
             "compile the model.onnx that `edgeai simulate` wrote"
         ) from exc
     try:
-        return export_checkpoint(load_checkpoint(checkpoint), dst)
-    except (DataError, UnknownNameError) as exc:
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt.model.startswith(
+            TASK_MODEL_PREFIX
+        ):  # a task's model: rebuilt from its recorded config
+            from edgeai.task.export import export_task_checkpoint  # noqa: PLC0415  (torch)
+
+            return export_task_checkpoint(ckpt, dst)
+        return export_checkpoint(ckpt, dst)
+    except (DataError, UnknownNameError, ConfigError) as exc:
         raise CompileError(str(exc)) from exc
 
 

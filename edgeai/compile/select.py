@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeai.compile.score import GateMetric
 from edgeai.errors import CompileError
 from edgeai.profiles import DeviceProfile
 from edgeai.runtime import measure as ev
@@ -60,8 +61,10 @@ def evaluate_candidate(
     xs: np.ndarray[Any, Any],
     ys: np.ndarray[Any, Any],
     profile: DeviceProfile,
+    *,
+    metric: GateMetric,
 ) -> None:
-    """Load ``c`` on the CPU provider and compare its outputs with ``ref`` and the labels."""
+    """Load ``c`` on the CPU provider; compare its outputs with ``ref`` and score them."""
     size_mb = c.path.stat().st_size / 1e6
     c.metrics["size_mb"] = round(size_mb, 4)
     try:
@@ -69,8 +72,10 @@ def evaluate_candidate(
     except Exception as exc:  # ORT's own error types are untyped
         c.violations.append(f"does not load on this host's CPU provider: {exc}")
         return
-    q = ev.quality(ev.predict(session, xs), ref, ys)
+    outputs = ev.predict(session, xs)
+    q = ev.quality(outputs, ref, ys if metric.name == "accuracy" else None)
     c.metrics.update(q.as_json())
+    c.metrics[metric.name] = c.metrics["score"] = metric(outputs, ys)
     c.metrics["eval_samples"] = len(xs)
     if size_mb > profile.budgets.model_size_mb:
         c.violations.append(f"size {size_mb:.2f} MB > budget {profile.budgets.model_size_mb}")
@@ -219,24 +224,29 @@ def choose(
     cands: list[Candidate],
     *,
     timed: bool,
-    fp32_acc: float | None,
+    reference: float | None,
+    metric: GateMetric,
     budget: float,
     min_speedup_pct: float = 10.0,
 ) -> tuple[Candidate, str, dict[str, object] | None]:
     """Pick a candidate within budgets, say why, and give the timing decision's numbers.
 
+    ``reference`` is the fp32 model's ``metric``; a candidate whose score drops further
+    below it than ``budget`` (:meth:`GateMetric.drop_pct`) does not fit.
+
     Timed: :func:`prefer_smaller` over the candidates that fit.  Untimed: the first that
     fits in the profile's precision order (the decision's numbers are then ``None``).
     """
     for c in cands:
-        acc = c.metrics.get("accuracy")
-        if fp32_acc is not None and isinstance(acc, float):
-            drop = (fp32_acc - acc) * 100
+        score = c.metrics.get("score")
+        if reference is not None and isinstance(score, float):
+            drop = metric.drop_pct(reference, score)
         else:
             drop = (1 - float(c.metrics.get("top1_agreement", 0.0))) * 100
         c.metrics["accuracy_drop_pct"] = round(drop, 4)
         if "top1_agreement" in c.metrics and drop > budget:
-            c.violations.append(f"accuracy drop {drop:.2f} points > budget {budget}")
+            unit = "points" if metric.is_fraction else "% of the fp32 error"
+            c.violations.append(f"{metric.name} drop {drop:.2f} {unit} > budget {budget}")
     fits = [c for c in cands if not c.violations]
     if not fits:
         why = "; ".join(f"{c.precision}: {', '.join(c.violations)}" for c in cands)

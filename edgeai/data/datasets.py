@@ -1,7 +1,8 @@
-"""Load data sets as arrays a model can take: float32 in [0, 1], shape (N, C, H, W).
+"""Load data sets as arrays a model can take (images: float32 in [0, 1], (N, C, H, W)).
 
 The contract (DESIGN.md §5): a data file is an ``.npz`` with ``X`` (samples as
-stored, e.g. uint8 images (N, H, W) or (N, C, H, W)) and ``y`` (int labels).
+stored, e.g. uint8 images (N, H, W) or (N, C, H, W), float features (N, F) or int
+token ids) and ``y`` (int labels; float targets where a regression task reads it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import zipfile
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -54,33 +56,41 @@ class Split:
     validation: ArrayDataset
 
 
-def to_model_input(x: NDArray[np.generic]) -> NDArray[np.float32]:
-    """Convert stored samples to model input: float32 in [0, 1] with a channel axis.
+def to_model_input(x: NDArray[np.generic]) -> NDArray[Any]:
+    """Convert stored samples to model input.
 
-    uint8 images are divided by 255; float arrays must already lie in [0, 1].
-    (N, H, W) gains a channel axis; (N, C, H, W) and (N, F) are kept.
+    uint8 images become float32 in [0, 1] (divided by 255); float images (N, H, W) or
+    (N, C, H, W) must already lie in [0, 1]; (N, H, W) gains a channel axis. Float
+    features (N, F) are kept as float32 (finite, any scale: a model standardizes its own
+    input). Other integers are token ids, kept as int64 (>= 0).
     """
     if x.ndim not in (2, 3, 4):
         raise DataError(f"samples must be (N, F), (N, H, W) or (N, C, H, W); got shape {x.shape}")
     if x.dtype == np.uint8:
-        out = x.astype(np.float32) / np.float32(255.0)
+        out: NDArray[Any] = x.astype(np.float32) / np.float32(255.0)
     elif np.issubdtype(x.dtype, np.floating):
         out = x.astype(np.float32, copy=False)
-        if out.size and (
-            float(out.min()) < 0.0 or float(out.max()) > 1.0 or not np.isfinite(out).all()
-        ):
-            raise DataError(
-                "float samples must be finite and scaled to [0, 1] (or stored as uint8)"
-            )
+        if out.size and not np.isfinite(out).all():
+            raise DataError("float samples must be finite")
+        if out.ndim > 2 and out.size and (float(out.min()) < 0.0 or float(out.max()) > 1.0):
+            raise DataError("float images must be scaled to [0, 1] (or stored as uint8)")
+    elif np.issubdtype(x.dtype, np.integer):
+        if x.size and int(x.min()) < 0:
+            raise DataError("integer samples are token ids and must be >= 0")
+        return np.ascontiguousarray(x.astype(np.int64))
     else:
-        raise DataError(f"samples must be uint8 or float; got {x.dtype}")
+        raise DataError(f"samples must be uint8, float or integer token ids; got {x.dtype}")
     if out.ndim == 3:
         out = out[:, None, :, :]
     return np.ascontiguousarray(out)
 
 
-def load_npz(path: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """Read a user's ``.npz`` data file (``X``, ``y``) and convert it to model input."""
+def load_npz(path: Path, *, float_targets: bool = False) -> tuple[NDArray[Any], NDArray[Any]]:
+    """Read a user's ``.npz`` data file (``X``, ``y``) and convert it to model input.
+
+    ``y`` holds integer class labels (int64, >= 0); with ``float_targets`` it may instead
+    hold float regression targets (float32, finite).
+    """
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     if not zipfile.is_zipfile(path):
@@ -98,16 +108,21 @@ def load_npz(path: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{path}: not a readable .npz file: {exc}") from exc
-    if not np.issubdtype(y_raw.dtype, np.integer):
-        raise DataError(f"{path}: 'y' must hold integer labels, got {y_raw.dtype}")
     if y_raw.ndim != 1 or len(y_raw) != len(x_raw):
         raise DataError(f"{path}: 'y' must be 1-D with one label per sample in 'X'")
-    if len(y_raw) and int(y_raw.min()) < 0:
-        raise DataError(f"{path}: labels must be >= 0")
     try:
         x = to_model_input(x_raw)
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from exc
+    if float_targets and np.issubdtype(y_raw.dtype, np.floating):
+        if not np.isfinite(y_raw).all():
+            raise DataError(f"{path}: 'y' (regression targets) must be finite")
+        return x, y_raw.astype(np.float32)
+    if not np.issubdtype(y_raw.dtype, np.integer):
+        kinds = "integer labels or float targets" if float_targets else "integer labels"
+        raise DataError(f"{path}: 'y' must hold {kinds}, got {y_raw.dtype}")
+    if len(y_raw) and int(y_raw.min()) < 0:
+        raise DataError(f"{path}: labels must be >= 0")
     return x, y_raw.astype(np.int64)
 
 
@@ -128,16 +143,23 @@ def _load_arrays(name: str) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
 
 
 @lru_cache(maxsize=4)
-def load_dataset(name: str, validation_fraction: float = 0.2, seed: int = 0) -> Split:
+def load_dataset(
+    name: str, validation_fraction: float = 0.2, seed: int = 0, holdout: int = 0
+) -> Split:
     """Load a built-in data set (``mnist``, ``digits``) or an ``.npz`` path, split it.
 
     The split is a seeded permutation, so every process (server, each virtual
     client) computes the same one without exchanging indices.  Memoised per
     process (the CLI, the runner and the ServerApp all ask): treat it as read-only.
+    ``holdout`` > 0 first sets aside the last ``holdout`` samples of the file (see
+    :func:`load_holdout`): they are in neither train nor validation.
     """
     if not 0.0 < validation_fraction < 1.0:
         raise DataError(f"validation_fraction must be in (0, 1); got {validation_fraction}")
     x, y = _load_arrays(name)
+    if not 0 <= holdout < len(y):
+        raise DataError(f"{name}: holdout = {holdout} must be in [0, {len(y)})")
+    x, y = x[: len(y) - holdout], y[: len(y) - holdout]
     order = np.random.default_rng(seed).permutation(len(y))
     n_val = max(1, round(len(y) * validation_fraction))
     if len(y) - n_val < 1:
@@ -145,3 +167,13 @@ def load_dataset(name: str, validation_fraction: float = 0.2, seed: int = 0) -> 
     num_classes = int(y.max()) + 1
     full = ArrayDataset(x, y, num_classes)
     return Split(name, full.subset(order[n_val:]), full.subset(order[:n_val]))
+
+
+def load_holdout(name: str, holdout: int) -> ArrayDataset:
+    """The last ``holdout`` samples of a data set, in file order: a test set that
+    :func:`load_dataset` with the same ``holdout`` never puts in train or validation."""
+    x, y = _load_arrays(name)
+    if not 0 < holdout < len(y):
+        raise DataError(f"{name}: holdout = {holdout} must be in (0, {len(y)})")
+    num_classes = int(y.max()) + 1
+    return ArrayDataset(x[len(y) - holdout :], y[len(y) - holdout :], num_classes)

@@ -81,7 +81,11 @@ def local_data(plan: ClientPlan, node_config: Mapping[str, object]) -> Dataset[A
     """The device's training data: its ``data-path`` file, or its simulated partition."""
     if "data-path" in node_config:
         x, y = load_npz_cached(str(node_config["data-path"]))
-        return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+        target = torch.from_numpy(y)
+        # A regression target is one value per sample; a task's model outputs (N, 1).
+        return TensorDataset(
+            torch.from_numpy(x), target[:, None] if y.dtype.kind == "f" else target
+        )
     if "partition-id" not in node_config or "num-partitions" not in node_config:
         raise DataError("node config needs 'data-path' or 'partition-id' and 'num-partitions'")
     parts = _partitions(
@@ -94,9 +98,9 @@ def local_data(plan: ClientPlan, node_config: Mapping[str, object]) -> Dataset[A
 
 
 @lru_cache(maxsize=2)
-def load_npz_cached(path: str) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+def load_npz_cached(path: str) -> tuple[NDArray[Any], NDArray[Any]]:
     """Read a device's data file once per process."""
-    return load_npz(Path(path))
+    return load_npz(Path(path), float_targets=True)
 
 
 def _plan(msg: Message) -> ClientPlan:
@@ -104,7 +108,15 @@ def _plan(msg: Message) -> ClientPlan:
 
 
 def plan_task(plan: ClientPlan, node_config: Mapping[str, object]) -> Task:
-    """The plan's task on this device (:class:`TaskMismatchError` if it has another)."""
+    """The plan's task on this device (:class:`TaskMismatchError` if it has another).
+
+    A device whose agent names its task (node config ``task-config``) loads its own copy
+    of it; otherwise the plan's config is loaded (a built-in, or a ref on this host).
+    """
+    own = node_config.get("task-config")
+    if own is not None:
+        config = TaskConfig.model_validate_json(str(own))
+        return task_of(config, plan.task_name, plan.task_version)
     local = node_config.get("task")
     return task_of(
         plan.task, plan.task_name, plan.task_version, None if local is None else str(local)

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from edgeai.data.partition import PartitionSpec, cached_partition_indices
 from edgeai.errors import ConfigError
+from edgeai.models.checkpoint import TASK_MODEL_PREFIX
 from edgeai.task import Task, TaskConfig, load_task
 from edgeai.task.batches import size_of
 from edgeai.task.builtin.mnist import MnistTask
@@ -127,4 +128,8 @@ def checkpoint_identity(task: Task) -> tuple[str, tuple[int, ...], int]:
     model = task.build_model().eval()
     with torch.no_grad():
         out = model(example)
-    return f"task:{task.name}", tuple(int(d) for d in example.shape[1:]), int(out.shape[-1])
+    return (
+        f"{TASK_MODEL_PREFIX}{task.name}",
+        tuple(int(d) for d in example.shape[1:]),
+        int(out.shape[-1]),
+    )

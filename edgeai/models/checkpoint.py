@@ -35,6 +35,8 @@ SCORE_KEY = "edgeai.validation_score"
 TASK_KEY = "edgeai.task"
 TASK_VERSION_KEY = "edgeai.task_version"
 TASK_CONFIG_KEY = "edgeai.task_config"
+# A checkpoint's model name for a task's own model (the mnist task names a registered one).
+TASK_MODEL_PREFIX = "task:"
 EPSILON_KEY = "edgeai.epsilon"
 DELTA_KEY = "edgeai.delta"
 CLIENT_EPSILON_KEY = "edgeai.client_epsilon"

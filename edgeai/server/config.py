@@ -173,7 +173,7 @@ def _check_contents(cfg: ServerConfig) -> list[str]:
 
     problems: list[str] = []
     try:
-        load_npz(cfg.releases.calibration)
+        load_npz(cfg.releases.calibration, float_targets=True)
     except EdgeAIError as exc:
         problems.append(f"  releases.calibration: {exc} (give an .npz with X and y)")
     if cfg.run is not None:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from edgeai.cli import app
 from edgeai.compile import CompileError, CompileOptions, compile_model
 from edgeai.compile import candidates as cand
+from edgeai.compile.score import GateMetric, gate_metric
 from edgeai.compile.select import Candidate, SpeedFacts, choose, prefer_smaller
 from edgeai.data import load_dataset
 from edgeai.models import build_model
@@ -23,6 +24,7 @@ from edgeai.models.export import export_onnx
 from edgeai.profiles import load_profile
 from edgeai.runtime.measure import spread_pct
 
+ACCURACY = GateMetric("accuracy", "test")
 FAST = CompileOptions(calibration_samples=128, eval_samples=400, latency_repeats=20)
 runner = CliRunner()
 
@@ -288,7 +290,7 @@ def _candidate(tmp_path: Path, precision: str, size: int, throughput: float) -> 
     path.write_bytes(b"\0" * size)
     latency = {"throughput_batch64": throughput, "throughput_spread_pct": 1.0,
                "p95_ms_batch1": 0.2, "rounds": 5}  # fmt: skip
-    metrics = {"accuracy": 0.9, "top1_agreement": 0.99, "latency_host": latency}
+    metrics = {"score": 0.9, "top1_agreement": 0.99, "latency_host": latency}
     return Candidate(precision, path, metrics)
 
 
@@ -297,7 +299,9 @@ def test_choose_applies_the_rule_to_the_candidates_within_budgets(tmp_path: Path
     fp32 = _candidate(tmp_path, "fp32", 4000, 1050.0)
     over = _candidate(tmp_path, "int8-dynamic", 500, 5000.0)
     over.violations.append("p95 9.0 ms > budget 3")
-    winner, why, decision = choose([int8, over, fp32], timed=True, fp32_acc=0.9, budget=1.0)
+    winner, why, decision = choose(
+        [int8, over, fp32], timed=True, reference=0.9, metric=ACCURACY, budget=1.0
+    )
     assert winner is int8
     assert "only 5.0% faster" in why
     assert decision is not None
@@ -335,3 +339,98 @@ def test_vnni_compile_records_the_timings_the_noise_and_the_reason(
         assert size[m["precision"]] < size[rival]
         assert decision["speedup_pct"] <= decision["threshold_pct"]
     assert "noise" in chosen["why"] or "both the fastest and the smallest" in chosen["why"]
+
+
+def test_the_gate_metric_is_the_tasks_primary_one_or_follows_the_targets() -> None:
+    labels, targets = np.array([0, 1]), np.array([1.5, 2.5], np.float32)
+    assert gate_metric("accuracy", labels).name == "accuracy"
+    assert gate_metric("neg_rmse", targets).name == "neg_rmse"
+    assert gate_metric("f1", labels).name == "accuracy"  # not computable here: by the labels
+    fallback = gate_metric(None, targets)
+    assert fallback.name == "neg_mae"
+    assert "float targets" in fallback.why
+    outputs = np.array([[1.0], [3.5]], np.float32)
+    assert fallback(outputs, targets) == pytest.approx(-0.75)
+    assert gate_metric("neg_rmse", targets)(outputs, targets) == pytest.approx(-(0.625**0.5))
+    assert ACCURACY(np.array([[0.9, 0.1], [0.8, 0.2]]), labels) == 0.5
+    # Accuracy drops in points, an error metric in percent of the fp32 error.
+    assert ACCURACY.drop_pct(0.90, 0.88) == pytest.approx(2.0)
+    assert fallback.drop_pct(-42.0, -43.05) == pytest.approx(2.5)
+    assert fallback.drop_pct(-42.0, -41.0) < 0  # a smaller error is no drop
+
+
+def test_choose_refuses_a_candidate_whose_error_grows_past_the_budget(tmp_path: Path) -> None:
+    neg_mae = GateMetric("neg_mae", "test")
+
+    def chosen(budget: float) -> Candidate:
+        int8 = _candidate(tmp_path, "int8-static", 1000, 5000.0)
+        int8.metrics["score"] = -43.0  # MAE 43.0 against fp32's 42.0: 2.4 % worse
+        fp32 = _candidate(tmp_path, "fp32", 4000, 1000.0)
+        fp32.metrics["score"] = -42.0
+        winner, _, _ = choose([int8, fp32], timed=True, reference=-42.0, metric=neg_mae,
+                              budget=budget)  # fmt: skip
+        assert int8.violations == (
+            [] if budget > 2.4 else [f"neg_mae drop 2.38 % of the fp32 error > budget {budget}"]
+        )
+        return winner
+
+    assert chosen(1.0).precision == "fp32"
+    assert chosen(3.0).precision == "int8-static"
+
+
+@pytest.fixture(scope="module")
+def regression_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The built-in regression task's MLP, trained briefly; raw features and float targets."""
+    from edgeai.task import TaskConfig, load_task  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("regression")
+    task = load_task(TaskConfig(name="regression"))
+    train, val = task.datasets()
+    torch.manual_seed(0)
+    model = task.build_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02)
+    x, y = train.tensors  # type: ignore[attr-defined]
+    for step in range(400):
+        idx = torch.arange(step * 10, step * 10 + 10) % len(y)
+        loss = task.loss(model(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    meta = {"edgeai.primary_metric": "neg_mae"}
+    path = export_onnx(model, task.example_input(), root / "model.onnx", meta)
+    vx, vy = val.tensors  # type: ignore[attr-defined]
+    calib = root / "cal.npz"
+    np.savez(calib, X=vx.numpy().astype(np.float64), y=vy.numpy()[:, 0].astype(np.float64))
+    return path, calib
+
+
+def test_a_regression_model_is_gated_on_its_error(
+    regression_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, calib = regression_model
+    options = CompileOptions(calibration_samples=40, eval_samples=400, measure_latency=False)
+    profile = load_profile("rpi5")  # offers int8-static, int8-dynamic and fp32
+    m = compile_model(model, profile, calib, tmp_path / "ok", options=options)
+    assert (m["accuracy"]["metric"], m["accuracy"]["metric_why"]) == (
+        "neg_mae",
+        "the task's primary metric",
+    )
+    fp32 = m["accuracy"]["fp32"]
+    assert -70.0 < fp32 < -35.0  # an MAE in the target's units (predicting the mean: ~66)
+    drops = {}
+    for c in m["candidates"]:
+        if "score" not in c:
+            continue
+        drop = (fp32 - c["score"]) / abs(fp32) * 100
+        assert c["accuracy_drop_pct"] == pytest.approx(drop, abs=1e-4)
+        drops[c["precision"]] = drop
+    worst = max(drops, key=drops.__getitem__)
+    assert drops[worst] > 0, drops  # quantization costs some error
+    # A budget below that growth refuses the candidate, naming the metric.
+    budgets = profile.budgets.model_copy(update={"accuracy_drop_pct": drops[worst] / 2})
+    tight = profile.model_copy(update={"budgets": budgets})
+    m = compile_model(model, tight, calib, tmp_path / "tight", options=options)
+    [refused] = [c for c in m["candidates"] if c["precision"] == worst]
+    assert not refused["fits"]
+    assert any("neg_mae drop" in v for v in refused["violations"]), refused["violations"]
+    assert m["precision"] != worst

@@ -30,9 +30,11 @@ def test_float_images_outside_unit_range_are_refused() -> None:
         to_model_input(np.full((2, 4, 4), 3.0, dtype=np.float32))
 
 
-def test_integer_samples_are_refused() -> None:
-    with pytest.raises(DataError, match="uint8 or float"):
-        to_model_input(np.zeros((2, 3, 3), dtype=np.int64))
+def test_integer_samples_are_token_ids_and_other_kinds_are_refused() -> None:
+    tokens = to_model_input(np.ones((2, 3), dtype=np.int32))
+    assert (tokens.dtype, tokens.shape) == (np.int64, (2, 3))  # no channel axis, no scaling
+    with pytest.raises(DataError, match="uint8, float or integer token ids"):
+        to_model_input(np.zeros((2, 3, 3), dtype=np.complex64))
 
 
 def test_npz_round_trip(tmp_path: Path) -> None:
@@ -48,6 +50,9 @@ def test_npz_round_trip(tmp_path: Path) -> None:
     [
         ({"X": np.zeros((3, 4, 4), np.uint8)}, "missing array"),
         ({"X": np.zeros((3, 4, 4), np.uint8), "y": np.zeros(3, np.float32)}, "integer labels"),
+        ({"X": np.full((3, 4, 4), 2.0, np.float32), "y": np.zeros(3, np.int64)}, r"\[0, 1\]"),
+        ({"X": np.full((3, 4), np.nan, np.float32), "y": np.zeros(3, np.int64)}, "finite"),
+        ({"X": -np.ones((3, 4), np.int32), "y": np.zeros(3, np.int64)}, "token ids"),
         ({"X": np.zeros((3, 4, 4), np.uint8), "y": np.zeros(4, np.int64)}, "one label per sample"),
         ({"X": np.zeros((3, 4, 4), np.uint8), "y": -np.ones(3, np.int64)}, ">= 0"),
     ],
@@ -154,3 +159,22 @@ def test_partition_spec_rejects_options_of_other_kinds() -> None:
         partition_indices(
             np.zeros(100, np.int64), 4, PartitionSpec(kind="labels", labels_per_client=3)
         )
+
+
+def test_regression_files_keep_raw_features_tokens_and_float_targets(tmp_path: Path) -> None:
+    path = tmp_path / "tabular.npz"
+    features = np.array([[59.0, 2.0, 32.1], [48.0, 1.0, 21.6]], np.float64)
+    np.savez(path, X=features, y=np.array([151.0, 75.0]))
+    x, y = load_npz(path, float_targets=True)
+    assert (x.dtype, y.dtype) == (np.float32, np.float32)
+    assert x.tolist() == features.astype(np.float32).tolist()  # no rescaling of features
+    assert y.tolist() == [151.0, 75.0]
+    with pytest.raises(DataError, match="integer labels"):
+        load_npz(path)  # a classification reader still wants labels
+    tokens = tmp_path / "tokens.npz"
+    np.savez(tokens, X=np.array([[3, 1, 4], [1, 5, 9]], np.int32), y=np.array([2, 6]))
+    x, y = load_npz(tokens)
+    assert (x.dtype, x.tolist(), y.tolist()) == (np.int64, [[3, 1, 4], [1, 5, 9]], [2, 6])
+    np.savez(path, X=features, y=np.array([np.inf, 1.0]))
+    with pytest.raises(DataError, match="finite"):
+        load_npz(path, float_targets=True)

@@ -184,7 +184,8 @@ class ReleaseManager:
         checkpoint_or_onnx
             An ONNX model or an edgeai checkpoint (``.npz``).
         accuracy
-            Its validation accuracy (0..1).
+            Its validation score on the task's primary metric, higher is better
+            (accuracy 0..1 for a classifier, e.g. ``neg_mae`` for a regression).
         round
             The training round that produced it.
 
@@ -201,7 +202,7 @@ class ReleaseManager:
         serving = self.serving()
         if serving is not None and accuracy < serving.accuracy - self.config.accuracy_margin:
             log.info(
-                "release not proposed: accuracy %.4f is worse than release %d's %.4f by more "
+                "release not proposed: score %.4f is worse than release %d's %.4f by more "
                 "than the margin %.4f",
                 accuracy,
                 serving.release,
@@ -235,9 +236,9 @@ class ReleaseManager:
             The file is no checkpoint, or records no validation accuracy.
         """
         ckpt = load_checkpoint(path)
-        accuracy = ckpt.accuracy()
-        release = self.propose(path, accuracy, ckpt.round or 0)
-        log.info("checkpoint of round %s (accuracy %.4f): %s", ckpt.round, accuracy,
+        metric, score = ckpt.score()  # the task's primary metric (accuracy, neg_mae, ...)
+        release = self.propose(path, score, ckpt.round or 0)
+        log.info("checkpoint of round %s (%s %.4f): %s", ckpt.round, metric, score,
                  "released" if release else "not released")  # fmt: skip
         return release
 
