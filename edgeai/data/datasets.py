@@ -170,8 +170,10 @@ def load_dataset(
 
 
 def load_holdout(name: str, holdout: int) -> ArrayDataset:
-    """The last ``holdout`` samples of a data set, in file order: a test set that
-    :func:`load_dataset` with the same ``holdout`` never puts in train or validation."""
+    """The last ``holdout`` samples of a data set, in file order: a test set.
+
+    :func:`load_dataset` with the same ``holdout`` never puts them in train or validation.
+    """
     x, y = _load_arrays(name)
     if not 0 < holdout < len(y):
         raise DataError(f"{name}: holdout = {holdout} must be in (0, {len(y)})")
