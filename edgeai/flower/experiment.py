@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -52,15 +52,44 @@ class FederationConfig(Frozen):
         return self.num_clients
 
 
-class SimulationConfig(Frozen):
-    """Where virtual clients run: Flower's simulation engine on Ray."""
+class FleetConfig(Frozen):
+    """A simulated fleet of device classes (``[simulation.fleet]``, see docs/SIMULATION.md)."""
 
+    # Device profile name -> share of the clients, e.g. {rpi4 = 0.5, x86-64-avx2 = 0.5}.
+    mix: dict[str, float] = Field(min_length=1)
+    # Replies later than this (simulated seconds) are dropped; None: wait for everyone.
+    round_deadline_s: float | None = Field(default=None, gt=0)
+    # Seconds one training sample takes on a relative_compute = 1.0 device; None: measured.
+    sample_seconds: float | None = Field(default=None, gt=0)
+
+    @field_validator("mix")
+    @classmethod
+    def _known_profiles(cls, mix: dict[str, float]) -> dict[str, float]:
+        from edgeai.profiles.loader import profile_names  # noqa: PLC0415  (reads YAML)
+
+        known = profile_names()
+        for name, share in mix.items():
+            if name not in known:
+                raise ValueError(f"unknown device profile {name!r}; choose from {known}")
+            if share <= 0:
+                raise ValueError(f"share of {name!r} is {share}; give a positive share")
+        return mix
+
+
+class SimulationConfig(Frozen):
+    """Where virtual clients run: Flower's simulation engine on Ray, or batched in-process."""
+
+    # "ray": each client a ClientApp call on Flower's engine; "vmap": all of a round's
+    # clients trained at once in this process (torch.func), see edgeai/simulation/vmap.py.
+    backend: Literal["ray", "vmap"] = "ray"
     # Empty: a local Ray instance.  "auto" or "ray://HOST:10001": an existing cluster.
     ray_address: str = ""
     cpus_per_client: float = Field(default=1.0, gt=0)
     # CPUs Ray may use on this machine (local instance only); empty = all.
     num_cpus: int | None = Field(default=None, ge=1)
     torch_threads_per_client: int = Field(default=1, ge=1)
+    # Device classes, links, availability and a round deadline (None: identical devices).
+    fleet: FleetConfig | None = None
 
 
 class ModelConfig(Frozen):

@@ -51,6 +51,10 @@ def boot(sim: SimulationConfig, modules: Sequence[str]) -> None:
     coming up, imports on the disk and the interpreter), so overlapping them
     shortens the time to the first round.
     """
+    if sim.backend == "vmap":  # no Ray at all: its import alone takes seconds
+        for module in modules:
+            importlib.import_module(module)
+        return
     with ThreadPoolExecutor(1) as pool:
         imported = pool.submit(lambda: [importlib.import_module(m) for m in modules])
         init_ray(sim)

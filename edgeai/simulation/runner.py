@@ -1,4 +1,4 @@
-"""Run an experiment on Flower's Simulation Engine (Ray) and write its results."""
+"""Run an experiment on Flower's Simulation Engine (Ray) or batched in-process (vmap)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
 
 from edgeai.errors import SimulationError
 from edgeai.flower.client_app import app as default_client_app
@@ -92,8 +93,6 @@ def run_experiment(
     """
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    from flwr.simulation import run_simulation  # noqa: PLC0415  (slow import, train extra)
-
     t0 = time.perf_counter()
     plan, n_train = client_plan(exp)
     if exp.privacy.enabled:
@@ -115,21 +114,12 @@ def run_experiment(
         identify_nodes=True,  # node ids are random every run: sample by partition id
     )
     start_warming(exp)  # partitions and σ while Ray starts (a no-op if the CLI did it)
-    init_ray(exp.simulation)
-    # Flower logs every round at INFO and warns that run_simulation is deprecated (see
-    # docs/ARCHITECTURE.md); our own view reports progress, so keep only its errors.
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # run_simulation's deprecation notice; see ARCHITECTURE.md
-        try:
-            run_simulation(
-                server_app=make_server_app(server_plan, [sink]),
-                client_app=client_app or default_client_app,
-                num_supernodes=exp.federation.num_clients,
-                backend_config=backend_config(exp),
-            )
-        except Exception as exc:
-            raise SimulationError(f"simulation of {exp.name!r} failed: {exc}") from exc
+    if exp.simulation.backend == "vmap":
+        if client_app is not None:
+            raise SimulationError("backend = 'vmap' runs the standard ClientApp's training only")
+        run_batched(exp, make_server_app(server_plan, [sink]))
+    else:
+        _run_on_ray(exp, make_server_app(server_plan, [sink]), client_app)
     if result.final is None or (
         len(result.rounds) != exp.federation.rounds and result.final.stopped is None
     ):
@@ -142,3 +132,45 @@ def run_experiment(
     steady = sorted(r.seconds for r in result.rounds[1:]) or [0.0]
     result.startup_seconds = sink.first_round_end - t0 - steady[len(steady) // 2]
     return result
+
+
+def run_batched(exp: Experiment, server_app: ServerApp) -> None:
+    """Run ``server_app`` on the in-process :class:`VmapGrid`, as Flower runs a ServerApp."""
+    from flwr.app import Context, RecordDict  # noqa: PLC0415
+    from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: PLC0415
+    from flwr.supercore.task_identity import TaskIdentity  # noqa: PLC0415
+
+    from edgeai.simulation.vmap import VmapGrid  # noqa: PLC0415
+
+    grid = VmapGrid(exp.federation.num_clients, threads=exp.simulation.num_cpus)
+    # Messages take their run id from the task identity (run_simulation sets it likewise).
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    context = Context(
+        run_id=1, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={}
+    )
+    try:
+        server_app(grid=grid, context=context)
+    except SimulationError:
+        raise
+    except Exception as exc:
+        raise SimulationError(f"simulation of {exp.name!r} failed: {exc}") from exc
+
+
+def _run_on_ray(exp: Experiment, server_app: ServerApp, client_app: ClientApp | None) -> None:
+    from flwr.simulation import run_simulation  # noqa: PLC0415  (slow import, train extra)
+
+    init_ray(exp.simulation)
+    # Flower logs every round at INFO and warns that run_simulation is deprecated (see
+    # docs/ARCHITECTURE.md); our own view reports progress, so keep only its errors.
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # run_simulation's deprecation notice; see ARCHITECTURE.md
+        try:
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app or default_client_app,
+                num_supernodes=exp.federation.num_clients,
+                backend_config=backend_config(exp),
+            )
+        except Exception as exc:
+            raise SimulationError(f"simulation of {exp.name!r} failed: {exc}") from exc
