@@ -11,6 +11,7 @@ from typing import Any
 
 from edgeai.flower.records import RoundRecord
 from edgeai.plumbing.files import atomic_write
+from edgeai.simulation.fleet import simulated_hours, time_to
 from edgeai.simulation.runner import SimulationResult
 
 
@@ -21,9 +22,9 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def round_json(record: RoundRecord) -> str:
+def round_json(record: RoundRecord, extra: dict[str, Any] | None = None) -> str:
     """One ``metrics.jsonl`` line: the record, and every task metric as a key of its own."""
-    line = asdict(record)
+    line = {**asdict(record), **(extra or {})}
     line["metrics"] = dict(record.metrics)
     for key, value in record.metrics.items():
         line.setdefault(key, value)  # a metric never hides a field of the record
@@ -77,6 +78,59 @@ def plot_rounds(records: Sequence[RoundRecord], out_dir: Path) -> list[Path]:
     return written
 
 
+def fleet_columns(result: SimulationResult) -> dict[int, dict[str, Any]]:
+    """Per round, the fleet's extra ``metrics.jsonl`` keys (none without a fleet)."""
+    hours = simulated_hours(result.fleet_rounds)
+    return {
+        rnd: {
+            "sim_seconds": f.seconds,
+            "sim_hours": hours[rnd],
+            "online": f.online,
+            "dropped": len(f.dropped),
+        }
+        for rnd, f in result.fleet_rounds.items()
+    }
+
+
+def fleet_summary(result: SimulationResult) -> dict[str, Any] | None:
+    """The fleet's mix, deadline, simulated hours in all, and to a few accuracies."""
+    config = result.experiment.simulation.fleet
+    if config is None or not result.fleet_rounds:
+        return None
+    scores = {r.round: r.score for r in result.rounds}
+    hours = simulated_hours(result.fleet_rounds)
+    return {
+        "mix": config.mix,
+        "round_deadline_s": config.round_deadline_s,
+        "sim_hours": max(hours.values()),
+        "dropped_fraction": sum(len(f.dropped) for f in result.fleet_rounds.values())
+        / max(1, sum(len(f.sampled) for f in result.fleet_rounds.values())),
+        "hours_to": {str(t): time_to(scores, result.fleet_rounds, t) for t in (0.9, 0.95, 0.97)},
+    }
+
+
+def plot_simulated_time(
+    records: Sequence[RoundRecord], fleet: dict[int, dict[str, Any]], out_dir: Path
+) -> Path:
+    """The primary metric against simulated hours (``accuracy-vs-time.png``)."""
+    import matplotlib as mpl  # noqa: PLC0415  (train extra; slow import)
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    kept = [r for r in records if r.round in fleet]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([fleet[r.round]["sim_hours"] for r in kept], [r.score for r in kept], marker="o", ms=3)
+    primary = kept[0].primary_metric if kept else "accuracy"
+    ax.set(xlabel="simulated hours", ylabel=f"validation {primary}", title="Against fleet time")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out_dir / "accuracy-vs-time.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def privacy_summary(result: SimulationResult) -> dict[str, Any] | None:
     """The device-level DP-SGD spend of the most-exposed client (DESIGN.md §5)."""
     exp = result.experiment
@@ -113,7 +167,9 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     exp, plan = result.experiment, result.plan
     paths = {"metrics": out_dir / "metrics.jsonl", "summary": out_dir / "summary.json"}
-    atomic_write(paths["metrics"], "".join(round_json(r) + "\n" for r in result.rounds))
+    fleet = fleet_columns(result)
+    lines = [round_json(r, fleet.get(r.round)) + "\n" for r in result.rounds]
+    atomic_write(paths["metrics"], "".join(lines))
 
     task = load_config(plan.task)
     model = task.build_model()
@@ -133,6 +189,8 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     paths["checkpoint"] = save_checkpoint(ckpt, out_dir / "checkpoint.npz")
     for png in plot_rounds(result.rounds, out_dir):
         paths[png.stem] = png
+    if fleet:
+        paths["accuracy-vs-time"] = plot_simulated_time(result.rounds, fleet, out_dir)
 
     best = max(result.rounds, key=lambda r: r.score)
     write_json(
@@ -157,6 +215,7 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
             "rejected_replies": result.final.rejected_total,
             "bytes_up": sum(r.bytes_up for r in result.rounds),
             "bytes_down": sum(r.bytes_down for r in result.rounds),
+            "fleet": fleet_summary(result),
             "startup_seconds": result.startup_seconds,
             "total_seconds": result.total_seconds,
             "task": {

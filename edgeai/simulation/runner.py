@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flwr.app import Context
 from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
+from flwr.serverapp import Grid, ServerApp
 
 from edgeai.errors import SimulationError
 from edgeai.flower.client_app import app as default_client_app
@@ -23,6 +24,7 @@ from edgeai.flower.plan import ClientPlan
 from edgeai.flower.records import FinalState, RoundRecord
 from edgeai.flower.server_app import client_plan, make_server_app
 from edgeai.simulation.engine import init_ray
+from edgeai.simulation.fleet import FleetRound
 from edgeai.simulation.warm import start_warming
 
 
@@ -37,6 +39,8 @@ class SimulationResult:
     startup_seconds: float = 0.0  # from run_experiment's call, not the process start
     total_seconds: float = 0.0
     ledger_dir: Path | None = None
+    # [simulation.fleet]: per round, the simulated time, who was online, who was dropped.
+    fleet_rounds: dict[int, FleetRound] = field(default_factory=dict)
 
 
 class _ResultSink(RoundSink):
@@ -112,14 +116,17 @@ def run_experiment(
         central=exp.central_privacy,
         central_state_path=central_state_path,
         identify_nodes=True,  # node ids are random every run: sample by partition id
+        # A fleet shows only its online nodes: wait for the sampled ones, not for all.
+        min_nodes=exp.federation.per_round if exp.simulation.fleet else None,
     )
     start_warming(exp)  # partitions and σ while Ray starts (a no-op if the CLI did it)
+    wrap = fleet_wrapper(exp, result)
     if exp.simulation.backend == "vmap":
         if client_app is not None:
             raise SimulationError("backend = 'vmap' runs the standard ClientApp's training only")
-        run_batched(exp, make_server_app(server_plan, [sink]))
+        run_batched(exp, make_server_app(server_plan, [sink]), wrap)
     else:
-        _run_on_ray(exp, make_server_app(server_plan, [sink]), client_app)
+        _run_on_ray(exp, _wrapped(make_server_app(server_plan, [sink]), wrap), client_app)
     if result.final is None or (
         len(result.rounds) != exp.federation.rounds and result.final.stopped is None
     ):
@@ -134,15 +141,61 @@ def run_experiment(
     return result
 
 
-def run_batched(exp: Experiment, server_app: ServerApp) -> None:
+GridWrap = Callable[[Grid], Grid]
+
+
+def fleet_wrapper(exp: Experiment, result: SimulationResult) -> GridWrap | None:
+    """Wraps a grid in the experiment's fleet (None without ``[simulation.fleet]``)."""
+    config = exp.simulation.fleet
+    if config is None:
+        return None
+    from edgeai.flower.tasks import load_config  # noqa: PLC0415
+    from edgeai.simulation.fleet import Fleet, FleetGrid, measure_sample_seconds  # noqa: PLC0415
+
+    seconds = config.sample_seconds or measure_sample_seconds(
+        load_config(exp.task_config), exp.training.batch_size
+    )
+    fleet = Fleet(
+        config,
+        exp.federation.num_clients,
+        seed=exp.seed,
+        needed=exp.federation.per_round,
+        batch_size=exp.training.batch_size,
+        sample_seconds=seconds,
+    )
+
+    def wrap(grid: Grid) -> Grid:
+        wrapped = FleetGrid(grid, fleet, identify_timeout_s=exp.federation.round_timeout_s)
+        result.fleet_rounds = wrapped.rounds  # filled in as the rounds go
+        return wrapped
+
+    return wrap
+
+
+def _wrapped(server_app: ServerApp, wrap: GridWrap | None) -> ServerApp:
+    """``server_app``, run on ``wrap(grid)`` instead of the grid Flower gives it."""
+    if wrap is None:
+        return server_app
+    outer = ServerApp()
+
+    @outer.main()
+    def main(grid: Grid, context: Context) -> None:
+        server_app(grid=wrap(grid), context=context)
+
+    return outer
+
+
+def run_batched(exp: Experiment, server_app: ServerApp, wrap: GridWrap | None = None) -> None:
     """Run ``server_app`` on the in-process :class:`VmapGrid`, as Flower runs a ServerApp."""
-    from flwr.app import Context, RecordDict  # noqa: PLC0415
+    from flwr.app import RecordDict  # noqa: PLC0415
     from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: PLC0415
     from flwr.supercore.task_identity import TaskIdentity  # noqa: PLC0415
 
     from edgeai.simulation.vmap import VmapGrid  # noqa: PLC0415
 
-    grid = VmapGrid(exp.federation.num_clients, threads=exp.simulation.num_cpus)
+    grid: Grid = VmapGrid(exp.federation.num_clients, threads=exp.simulation.num_cpus)
+    if wrap is not None:
+        grid = wrap(grid)
     # Messages take their run id from the task identity (run_simulation sets it likewise).
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     context = Context(
