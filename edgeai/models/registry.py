@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgeai.errors import ConfigError, UnknownNameError
+from edgeai.models.scatternet import Scattering2d
 
 # MNIST pixel statistics; close enough for the other grey-scale digit sets.
 _MEAN, _STD = 0.1307, 0.3081
@@ -131,6 +132,30 @@ def dp_cnn_tiny(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     )
 
 
+def scatternet(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """ScatterNet + linear (Tramèr & Boneh 2021): scattering J = 2, L = 8, GroupNorm, linear.
+
+    The scattering filters are fixed; the GroupNorm (27 groups of 3 maps, no affine
+    parameters) normalizes each image on its own (DP-SGD allows no statistic across
+    samples), so only the linear layer trains: 39.7k parameters on MNIST.
+    """
+    channels, height, width = _image_shape(input_shape)
+    if channels != 1 or height != width or height % 4:
+        raise ConfigError(
+            "scatternet takes square grey-scale images with a side divisible by 4 "
+            f"(e.g. MNIST's 1x28x28); got {channels}x{height}x{width}"
+        )
+    scatter = Scattering2d(height, J=2, L=8)
+    side = height // 4
+    return nn.Sequential(
+        Normalize(),
+        scatter,
+        nn.GroupNorm(27, scatter.maps, affine=False),
+        nn.Flatten(),
+        nn.Linear(scatter.maps * side * side, num_classes),
+    )
+
+
 def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(input_shape) != 3:
         raise ConfigError(f"this model needs images (C, H, W); the data has shape {input_shape}")
@@ -153,6 +178,7 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("fedavg-2nn", fedavg_2nn, "FedAvg paper MLP 784-200-200-10"),
         ModelInfo("dp-cnn", dp_cnn, "26k-parameter tanh CNN suited to DP-SGD"),
         ModelInfo("dp-cnn-tiny", dp_cnn_tiny, "4.9k-parameter tanh CNN for DP-SGD on small data"),
+        ModelInfo("scatternet", scatternet, "fixed wavelet scattering + linear, 39.7k trained"),
     )
 }
 

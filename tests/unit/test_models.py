@@ -23,6 +23,7 @@ def test_registry_and_config_agree() -> None:
         ("fedavg-2nn", 199_210),
         ("dp-cnn", 26_010),
         ("dp-cnn-tiny", 4_874),
+        ("scatternet", 39_700),
     ],
 )
 def test_models_have_the_published_sizes(name: str, params: int) -> None:

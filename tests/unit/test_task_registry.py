@@ -75,7 +75,7 @@ def test_every_shipped_experiment_loads_unchanged(path: Path) -> None:
 
 
 def test_the_model_table_is_the_mnist_task_with_the_data_options() -> None:
-    exp = load_experiment(ROOT / "simulations" / "quickstart.toml")
+    exp = load_experiment(ROOT / "simulations" / "quickstart-tanh-cnn.toml")
     assert exp.task_config == TaskConfig(
         name="mnist",
         options={"model": "dp-cnn-tiny", "dataset": "mnist", "validation_fraction": 0.2,

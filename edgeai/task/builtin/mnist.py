@@ -2,7 +2,9 @@
 
 Options: ``model`` (``dp-cnn``, ``dp-cnn-tiny``, ``fedavg-2nn``, ``fedavg-cnn``; see
 :mod:`edgeai.models`), ``dataset`` (``mnist``, ``digits`` or a path to an ``.npz`` of
-``X``, ``y``), ``validation_fraction`` and ``split_seed``. An experiment's legacy
+``X``, ``y``), ``validation_fraction``, ``split_seed`` and ``holdout`` (the last N samples
+of the data set are held out of train and validation: a test set nothing trains or tunes on,
+scored afterwards by ``simulations/privacy/heldout.py``). An experiment's legacy
 ``[model] name = ...`` with ``[data]`` maps to this task, with the same numbers.
 """
 
@@ -35,13 +37,14 @@ class MnistTask(Task):
         dataset: str = "mnist",
         validation_fraction: float = 0.2,
         split_seed: int = 0,
+        holdout: int = 0,
     ) -> None:
         if model not in model_names():
             raise ConfigError(str(UnknownNameError("model", model, model_names())))
         self.model_name = model
         self.dataset = dataset
         try:
-            self.split: Split = load_dataset(dataset, validation_fraction, split_seed)
+            self.split: Split = load_dataset(dataset, validation_fraction, split_seed, holdout)
         except (DataError, UnknownNameError) as exc:
             raise ConfigError(f"option dataset = {dataset!r}: {exc}") from exc
         self.input_shape = self.split.train.input_shape
