@@ -17,6 +17,9 @@ from onnx import version_converter
 from edgeai.errors import CompileError
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
+# Token ids (a text task's input): compiled like any other model; static int8 calibrates
+# the activations behind the embedding.
+_INPUT_TYPES = {**_FLOAT_TYPES, onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32"}
 _ELEM_NAMES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.FLOAT16: "float16",
@@ -98,8 +101,11 @@ def load_source(path: Path) -> onnx.ModelProto:
         raise CompileError(f"{path}: expected one input, found {[i.name for i in inputs]}")
     spec = inputs[0]
     elem = model.graph.input[[v.name for v in model.graph.input].index(spec.name)]
-    if elem.type.tensor_type.elem_type not in _FLOAT_TYPES:
-        raise CompileError(f"{path}: input {spec.name!r} is {spec.dtype}; a float input is needed")
+    if elem.type.tensor_type.elem_type not in _INPUT_TYPES:
+        raise CompileError(
+            f"{path}: input {spec.name!r} is {spec.dtype}; a float input (or int64 token ids) "
+            "is needed"
+        )
     if not spec.shape or isinstance(spec.shape[0], int):
         raise CompileError(
             f"{path}: input {spec.name!r} has shape {list(spec.shape)}; the first (batch) "

@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 ProviderOptions = dict[str, str | int | float | bool]
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,  # token ids (zeros: a valid id)
+    "tensor(int32)": np.int32,
+}
 
 
 class RuntimeLoadError(EdgeAIError, RuntimeError):

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
+from tests.support.serving import EDGEAI, compile_cli, serve_and_probe
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-EDGEAI = Path(sys.executable).with_name("edgeai")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom-task"
-PROBE = Path(__file__).with_name("triton_probe.py")
-LISTENING = re.compile(r"grpc=([\d.]+:\d+) http=http://([\d.]+):(\d+)")
 
 
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -94,11 +90,7 @@ def test_the_simulated_model_onnx_equals_the_torch_model(trained: tuple[Path, Pa
 
 
 def _compile(user: Path, model: Path, profile: str, out: Path) -> Path:
-    _run(
-        "compile", str(model), "--profile", profile,
-        "--calibration", str(user / "data.npz"), "--out", str(out),
-    )  # fmt: skip
-    assert (out / "manifest.json").is_file()
+    compile_cli(model, profile, user / "data.npz", out)
     return out
 
 
@@ -121,28 +113,7 @@ def test_the_rpi5_bundle_is_served_to_the_stock_tritonclient(
     bundle = _compile(user, out / "model.onnx", "rpi5", tmp_path / "bundle")
     with np.load(user / "data.npz") as data:
         x = (data["X"][:3].astype(np.float32) / 255.0).copy()
-    name = json.loads((bundle / "manifest.json").read_text())["model"]["name"]
-    log = tmp_path / "serve.log"
-    with log.open("wb") as sink:
-        cmd = [str(EDGEAI), "agent", "serve", str(bundle), "--grpc-port", "0", "--http-port", "0"]
-        # This host stands in for the Pi: serve the bundle as the profile it was built for.
-        proc = subprocess.Popen([*cmd, "--profile", "rpi5"], stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while not (match := LISTENING.search(log.read_text(errors="replace"))):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        np.savez(tmp_path / "x.npz", x=x)
-        probe = [
-            sys.executable, str(PROBE), match.group(1), f"127.0.0.1:{match.group(3)}", name,
-            str(tmp_path / "x.npz"),
-        ]  # fmt: skip
-        answer = subprocess.run(probe, capture_output=True, check=True, timeout=120)
-        served = json.loads(answer.stdout)
-        reference = ort.InferenceSession(str(bundle / "model.onnx")).run(None, {"input": x})[0]
-        np.testing.assert_allclose(np.array(served["http_outputs"]), reference, atol=1e-5)
-        np.testing.assert_allclose(np.array(served["grpc_outputs"]), reference, atol=1e-5)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    served = serve_and_probe(bundle, "rpi5", x, tmp_path)
+    reference = ort.InferenceSession(str(bundle / "model.onnx")).run(None, {"input": x})[0]
+    np.testing.assert_allclose(np.array(served["http_outputs"]), reference, atol=1e-5)
+    np.testing.assert_allclose(np.array(served["grpc_outputs"]), reference, atol=1e-5)

@@ -5,8 +5,8 @@ names as edgeai's, and one protobuf registry cannot hold both.
 
     python tests/integration/triton_probe.py GRPC_ADDR HTTP_ADDR MODEL INPUTS.npz [--token T]
 
-``INPUTS.npz`` holds ``x``; the printed object has the server's answers and both clients'
-predictions as nested lists.
+``INPUTS.npz`` holds ``x`` (float: sent as FP32; integer: as INT64); the printed object
+has the server's answers and both clients' predictions as nested lists.
 """
 
 from __future__ import annotations
@@ -48,13 +48,14 @@ def probe(grpc_addr: str, http_addr: str, model: str, x: np.ndarray, token: str 
     meta = out["http_model_metadata"]
     in_name, out_name = meta["inputs"][0]["name"], meta["outputs"][0]["name"]
 
-    gi = grpcclient.InferInput(in_name, list(x.shape), "FP32")
+    kind = "INT64" if x.dtype == np.int64 else "FP32"
+    gi = grpcclient.InferInput(in_name, list(x.shape), kind)
     gi.set_data_from_numpy(x)  # raw_input_contents
     gr = g.infer(model, [gi], outputs=[grpcclient.InferRequestedOutput(out_name)], headers=headers)
     out["grpc_outputs"] = gr.as_numpy(out_name).tolist()
     out["grpc_version"] = gr.get_response(as_json=True)["model_version"]
 
-    hi = httpclient.InferInput(in_name, list(x.shape), "FP32")
+    hi = httpclient.InferInput(in_name, list(x.shape), kind)
     hi.set_data_from_numpy(x, binary_data=False)
     ho = httpclient.InferRequestedOutput(out_name, binary_data=False)
     hr = h.infer(model, [hi], outputs=[ho], headers=headers)
@@ -63,8 +64,8 @@ def probe(grpc_addr: str, http_addr: str, model: str, x: np.ndarray, token: str 
 
     out["grpc_unknown_model"] = _status(lambda: g.infer("nope", [gi], headers=headers))
     out["http_unknown_model"] = _status(lambda: h.infer("nope", [hi], headers=headers))
-    bad = grpcclient.InferInput(in_name, [1, 2, 3], "FP32")
-    bad.set_data_from_numpy(np.zeros((1, 2, 3), np.float32))
+    bad = grpcclient.InferInput(in_name, [1, 2, 3], kind)
+    bad.set_data_from_numpy(np.zeros((1, 2, 3), x.dtype))
     out["grpc_bad_shape"] = _status(lambda: g.infer(model, [bad], headers=headers))
     out["grpc_no_token"] = _status(lambda: g.get_model_metadata(model))
     g.close()
@@ -81,7 +82,8 @@ def main() -> int:
     parser.add_argument("--token")
     args = parser.parse_args()
     with np.load(args.inputs) as data:
-        x = np.ascontiguousarray(data["x"], dtype=np.float32)
+        x = data["x"]  # float32 pixels, or int64 token ids (sent as INT64)
+        x = np.ascontiguousarray(x, dtype=np.int64 if x.dtype.kind in "iu" else np.float32)
     json.dump(probe(args.grpc, args.http, args.model, x, args.token), sys.stdout)
     return 0
 
