@@ -16,8 +16,7 @@ Imported lazily: ``edgeai --help`` must not pay for Mosquitto, TUF and Flower cl
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgeai.plumbing.lazy import lazy_face
 
 __all__ = ["FederationServer", "ServerConfig", "check_server_inputs", "load_server_config"]
 
@@ -27,9 +26,4 @@ _FACE = {
     "check_server_inputs": "edgeai.server.config",
     "load_server_config": "edgeai.server.config",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FACE:
-        return getattr(importlib.import_module(_FACE[name]), name)
-    raise AttributeError(f"module 'edgeai.server' has no attribute {name!r}")
+__getattr__ = lazy_face(__name__, _FACE)

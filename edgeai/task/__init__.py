@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from edgeai.plumbing.lazy import lazy_face
 from edgeai.task.config import TaskConfig
 
 if TYPE_CHECKING:
@@ -21,11 +22,4 @@ _LAZY = {
     "load_task": "edgeai.task.registry",
     "register": "edgeai.task.registry",
 }
-
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib  # noqa: PLC0415
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'edgeai.task' has no attribute {name!r}")
+__getattr__ = lazy_face(__name__, _LAZY)

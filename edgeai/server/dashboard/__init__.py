@@ -19,8 +19,9 @@ Imported lazily: reading ``federation.toml`` must not pay for aiohttp and Jinja2
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgeai.plumbing.lazy import lazy_face
 
 if TYPE_CHECKING:
     from edgeai.server.dashboard.app import check_access, make_app
@@ -45,9 +46,4 @@ _FACE = {
     "check_access": "edgeai.server.dashboard.app",
     "make_app": "edgeai.server.dashboard.app",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FACE:
-        return getattr(importlib.import_module(_FACE[name]), name)
-    raise AttributeError(f"module 'edgeai.server.dashboard' has no attribute {name!r}")
+__getattr__ = lazy_face(__name__, _FACE)
