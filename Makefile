@@ -10,6 +10,9 @@ BIN    := $(VENV)/bin
 # release of the same version is installed.
 TORCH  ?= torch==2.13.0+cpu
 OUT    ?= results/quickstart
+# pytest-xdist workers; a test file stays on one worker (its module fixtures are built once).
+# Most integration tests wait on processes and sockets, so three overlap well on two cores.
+TEST_JOBS ?= 3
 export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 
@@ -45,7 +48,7 @@ test: $(VENV)/.installed-dev mosquitto
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra -n $(TEST_JOBS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) results .mypy_cache .pytest_cache .ruff_cache
