@@ -39,6 +39,7 @@ from torch.utils.data import Dataset, TensorDataset
 from edgeai.data.datasets import load_npz
 from edgeai.data.partition import PartitionSpec
 from edgeai.errors import ConfigError, DataError
+from edgeai.flower.attacks import AttackPlan
 from edgeai.flower.plan import ClientPlan, TrainingConfig
 from edgeai.flower.sampling import IDENTITY_KEY, identity_of
 from edgeai.flower.tasks import (
@@ -101,6 +102,25 @@ def local_data(plan: ClientPlan, node_config: Mapping[str, object]) -> Dataset[A
 def load_npz_cached(path: str) -> tuple[NDArray[Any], NDArray[Any]]:
     """Read a device's data file once per process."""
     return load_npz(Path(path), float_targets=True)
+
+
+def attack_of(plan: ClientPlan, node_config: Mapping[str, object]) -> AttackPlan:
+    """The run's attack as this node sees it (simulation only: nodes with a partition id)."""
+    if plan.attack is None or "partition-id" not in node_config:
+        return AttackPlan.of(None, 0, plan.seed)
+    return AttackPlan.of(plan.attack, int(str(node_config["num-partitions"])), plan.seed)
+
+
+def _relabelled(data: Dataset[Any], task: Task, attack: AttackPlan, node: int) -> Dataset[Any]:
+    # label-flip: the attacker trains on flipped labels (a TensorDataset, as partitions are).
+    if not attack.attacks(node) or attack.config is None or attack.config.kind != "label-flip":
+        return data
+    labels = task.labels()
+    if labels is None or not isinstance(data, TensorDataset):
+        raise ConfigError(f"attack.kind = 'label-flip' needs class labels; task {task.name!r}")
+    x, y = data.tensors
+    flipped = attack.poison_labels(node, y.numpy(), int(max(labels)) + 1)
+    return TensorDataset(x, torch.from_numpy(flipped))
 
 
 def _plan(msg: Message) -> ClientPlan:
@@ -191,6 +211,7 @@ def _dp_round(
             num_rounds=plan.num_rounds,
             generator=gen,
             loss_fn=task.loss,
+            proximal_mu=plan.strategy.mu,
         )
         ledger.record(
             device.subject,
@@ -234,6 +255,8 @@ def local_train(
     data = local_data(plan, node_config)
     model = _model(task, state)
     node = int(str(node_config.get("partition-id", 0)))
+    attack = attack_of(plan, node_config)
+    data = _relabelled(data, task, attack, node)
     gen = seeded_generator(plan.seed, server_round, node)
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     metrics: dict[str, int | float] = {}
@@ -252,13 +275,15 @@ def local_train(
             gen=gen,
         )
     else:
-        result = train_plain(model, data, training, gen, task.loss)
+        result = train_plain(model, data, training, gen, task.loss, proximal_mu=plan.strategy.mu)
     metrics |= {
         "num-examples": result.num_examples,
         "train-loss": result.loss if math.isfinite(result.loss) else -1.0,
         "steps": result.steps,
     }
-    return model.state_dict(), metrics
+    local = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    sent = attack.poison_update(node, server_round, {k: v.numpy() for k, v in state.items()}, local)
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in sent.items()}, metrics
 
 
 @app.train()

@@ -10,7 +10,9 @@ from pydantic import Field, field_validator, model_validator
 from edgeai.configfile import Frozen, parse, read_mapping
 from edgeai.data.datasets import BUILTIN_DATASETS
 from edgeai.errors import ConfigError
+from edgeai.flower.attacks import AttackConfig
 from edgeai.flower.plan import DataConfig, TrainingConfig
+from edgeai.flower.strategy_config import StrategyConfig, check_strategy
 from edgeai.privacy.config import CentralPrivacyConfig, PrivacyConfig
 from edgeai.task.registry import TaskConfig
 
@@ -121,6 +123,8 @@ class Experiment(Frozen):
     privacy: PrivacyConfig = PrivacyConfig()
     central_privacy: CentralPrivacyConfig = CentralPrivacyConfig()
     simulation: SimulationConfig = SimulationConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    attack: AttackConfig | None = None  # simulation only
 
     @model_validator(mode="after")
     def _task_or_model(self) -> Experiment:
@@ -135,6 +139,7 @@ class Experiment(Frozen):
                 f"data.{sorted(given)[0]} applies to [model] only: a [task] brings its own "
                 "data (pass it as a [task.options] entry); keep [data.partition]"
             )
+        check_strategy(self.strategy, self.federation.per_round, self.central_privacy.enabled)
         return self
 
     @property
@@ -215,5 +220,10 @@ def check_experiment_data(exp: Experiment, source: Path | str) -> None:
                     f"{task.name!r} has none (labels() is None); use kind = 'iid'"
                 )
             check_partitionable(y, exp.federation.num_clients, spec)
+        if exp.attack is not None and exp.attack.kind == "label-flip" and labels is None:
+            raise ConfigError(
+                f"attack.kind = 'label-flip' needs class labels, but task {task.name!r} has "
+                "none (labels() is None); choose another attack kind"
+            )
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from exc

@@ -35,6 +35,8 @@ from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 from numpy.typing import NDArray
 
+from edgeai.flower.aggregators import Aggregator
+from edgeai.flower.attacks import AttackPlan
 from edgeai.flower.client_app import plan_config
 from edgeai.flower.plan import ClientPlan
 from edgeai.flower.records import FinalState, RoundRecord
@@ -184,7 +186,7 @@ def reply_timing(replies: Iterable[Message]) -> dict[str, float]:
 def build_strategy(
     plan: ServerPlan, start: Start, initial: ArrayRecord, keys_of: KeysOf | None = None
 ) -> ValidatingFedAvg:
-    """The strategy of ``plan``: validating FedAvg, with client-level DP when enabled.
+    """The strategy of ``plan``: validation, then ``[strategy]`` (or client-level DP FedAvg).
 
     It samples nodes by the keys ``keys_of`` gives them (default: their node ids).
     """
@@ -200,8 +202,9 @@ def build_strategy(
     }
     if keys_of is not None:
         common["keys_of"] = keys_of
+    common["attack"] = AttackPlan.of(plan.client.attack, plan.num_clients, plan.client.seed)
     if not plan.central.enabled:
-        return ValidatingFedAvg(**common)
+        return ValidatingFedAvg(aggregator=Aggregator(plan.client.strategy), **common)
     return ClientLevelDPFedAvg(
         central=plan.central,
         num_clients=plan.num_clients,

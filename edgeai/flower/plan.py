@@ -9,6 +9,8 @@ from pydantic import Field
 
 from edgeai.configfile import Frozen
 from edgeai.data.partition import PartitionSpec
+from edgeai.flower.attacks import AttackConfig
+from edgeai.flower.strategy_config import StrategyConfig
 from edgeai.privacy.config import PrivacyConfig
 from edgeai.task.registry import TaskConfig
 
@@ -67,3 +69,7 @@ class ClientPlan(Frozen):
     # Where devices keep their privacy ledgers when their node config names none
     # (simulation: one SQLite file per virtual device in this directory).
     ledger_dir: str | None = None
+    # The server's aggregation (clients read FedProx's μ from it) and, in simulation
+    # only, the attack some clients run (edgeai.flower.attacks).
+    strategy: StrategyConfig = StrategyConfig()
+    attack: AttackConfig | None = None

@@ -50,6 +50,10 @@ class RoundRecord:
     # Every metric of the task on the validation set, the primary one first.
     metrics: Mapping[str, float] = field(default_factory=dict)
     primary_metric: str = "accuracy"
+    # [attack] (simulation): the sampled clients that attacked; [strategy]: the valid
+    # replies the strategy left out of the aggregate (Krum, MultiKrum, Bulyan's selection).
+    attackers: tuple[str, ...] = ()
+    discarded: tuple[str, ...] = ()
 
     @property
     def score(self) -> float:
@@ -96,6 +100,8 @@ class RoundRecord:
             problems=tuple(stats.reasons[:5]),
             metrics=dict(metrics),
             primary_metric=next(iter(metrics), "accuracy"),
+            attackers=tuple(stats.attackers),
+            discarded=tuple(stats.discarded),
         )
 
     def provenance(self) -> dict[str, object]:

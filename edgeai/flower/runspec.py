@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from edgeai.configfile import Frozen, parse
 from edgeai.errors import ConfigError
@@ -44,6 +44,16 @@ class RunSpec(Frozen):
     max_examples: int = Field(default=1_000_000, ge=1)
     # How often the ServerApp polls the SuperLink for replies (Flower's own: every 3 s).
     reply_poll_s: float = Field(default=0.1, gt=0)
+
+    @field_validator("experiment")
+    @classmethod
+    def _no_attack(cls, exp: Experiment) -> Experiment:
+        if exp.attack is not None:
+            raise ConfigError(
+                "attack: an attack is for simulation only (a deployed fleet's clients are "
+                "real devices); remove it from the run's experiment"
+            )
+        return exp
 
     @property
     def needed_nodes(self) -> int:

@@ -60,6 +60,8 @@ def client_plan(exp: Experiment) -> tuple[ClientPlan, int]:
         privacy=exp.privacy,
         num_rounds=exp.federation.rounds,
         seed=exp.seed,
+        strategy=exp.strategy,
+        attack=exp.attack,
     ), size_of(train)
 
 

@@ -21,11 +21,13 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from edgeai.errors import EdgeAIError
+from edgeai.flower.aggregators import Aggregator
+from edgeai.flower.attacks import AttackPlan
 from edgeai.flower.client_app import BUDGET_EXHAUSTED
 from edgeai.flower.sampling import NodeKey, key_of, replies_in_order, sample_fixed, sample_poisson
+from edgeai.flower.strategy_config import StrategyConfig
 from edgeai.flower.validation import Reference, check_update
 from edgeai.plumbing.files import atomic_write
 from edgeai.plumbing.processes import wait_until
@@ -54,6 +56,8 @@ class RoundStats:
     epsilon: float | None = None  # worst client's cumulative ε after this round
     client_epsilon: float | None = None  # client-level (server) ε after this round
     train_loss: float | None = None
+    attackers: list[str] = field(default_factory=list)  # sampled clients that attack (simulation)
+    discarded: list[str] = field(default_factory=list)  # valid replies the strategy left out
 
 
 KeysOf = Callable[[Iterable[int]], dict[int, NodeKey]]
@@ -61,6 +65,12 @@ KeysOf = Callable[[Iterable[int]], dict[int, NodeKey]]
 
 def _node_id_keys(node_ids: Iterable[int]) -> dict[int, NodeKey]:
     return {n: key_of({}, n) for n in node_ids}
+
+
+def key_name(key: NodeKey) -> str:
+    """How records name a node: ``client-<partition id>``, its node name, or ``node-<id>``."""
+    kind, number, name = key
+    return f"client-{number}" if kind == 0 else name if kind == 1 else f"node-{number}"
 
 
 class ValidatingFedAvg(FedAvg):
@@ -71,6 +81,10 @@ class ValidatingFedAvg(FedAvg):
     by node id, which is random in simulation: here nodes are sampled by the stable key
     ``keys_of`` gives them, with ``sampling_seed`` and the round
     (:mod:`edgeai.flower.sampling`), and replies are aggregated in key order.
+
+    The accepted replies go to ``aggregator``: one of Flower's strategies
+    (:mod:`edgeai.flower.aggregators`; default FedAvg). ``attack`` only names, in the
+    records, which sampled clients attack (simulation).
     """
 
     def __init__(
@@ -81,9 +95,13 @@ class ValidatingFedAvg(FedAvg):
         node_wait_s: float = 300.0,
         sampling_seed: int = 0,
         keys_of: KeysOf = _node_id_keys,
+        aggregator: Aggregator | None = None,
+        attack: AttackPlan | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.aggregator = aggregator or Aggregator(StrategyConfig(), self.weighted_by_key)
+        self.attack = attack or AttackPlan.of(None, 0, 0)
         self.reference = reference
         self.node_wait_s = node_wait_s
         self.max_examples = max_examples
@@ -118,6 +136,11 @@ class ValidatingFedAvg(FedAvg):
         self.stats[server_round] = RoundStats(
             sampled=len(chosen), bytes_down=len(chosen) * arrays.count_bytes()
         )
+        self.aggregator.begin(arrays)
+        for node in chosen:
+            key = self.node_keys.get(node, key_of({}, node))
+            if key[0] == 0 and self.attack.attacks(key[1]):  # attackers are partition ids
+                self.stats[server_round].attackers.append(key_name(key))
         return list(self._construct_messages(record, chosen, MessageType.TRAIN))
 
     def _wait_for_nodes(self, grid: Grid) -> None:
@@ -155,9 +178,9 @@ class ValidatingFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate, then average the accepted replies weighted by ``num-examples``."""
+        """Validate, then aggregate the accepted replies with the strategy."""
         stats = self.stats.setdefault(server_round, RoundStats())
-        accepted = []
+        accepted: list[Message] = []
         # In key order, not arrival order: the same floating-point sums every run.
         for msg in replies_in_order(replies, self.node_keys):
             if msg.has_error():
@@ -188,7 +211,7 @@ class ValidatingFedAvg(FedAvg):
                     reason,
                 )
                 continue
-            accepted.append(msg.content)
+            accepted.append(msg)
             reply_metrics = next(iter(msg.content.metric_records.values()))
             if "epsilon" in reply_metrics:
                 self.client_privacy[msg.metadata.src_node_id] = {
@@ -200,7 +223,7 @@ class ValidatingFedAvg(FedAvg):
         self.rejected_total += stats.rejected
         if not accepted:
             return self._combine(server_round, accepted), None
-        metrics = [next(iter(c.metric_records.values())) for c in accepted]
+        metrics = [next(iter(m.content.metric_records.values())) for m in accepted]
         weights = np.array([float(m[self.weighted_by_key]) for m in metrics])  # type: ignore[arg-type]
         losses = np.array([float(m.get("train-loss", np.nan)) for m in metrics])  # type: ignore[arg-type]
         stats.train_loss = float(np.average(losses, weights=weights))
@@ -214,11 +237,24 @@ class ValidatingFedAvg(FedAvg):
             summary["epsilon-max"] = stats.epsilon
         return self._combine(server_round, accepted), MetricRecord({**summary})
 
-    def _combine(self, server_round: int, accepted: list[RecordDict]) -> ArrayRecord | None:  # noqa: ARG002
+    def _combine(self, server_round: int, accepted: list[Message]) -> ArrayRecord | None:
         """The new global model from the accepted replies (None: keep the current one)."""
-        if not accepted:
-            return None
-        return aggregate_arrayrecords(accepted, self.weighted_by_key)
+        stats = self.stats[server_round]
+        need = self.aggregator.config.min_replies()
+        if 0 < len(accepted) < need:
+            stats.reasons.append(
+                f"{len(accepted)} valid replies, fewer than the {need} "
+                f"{self.aggregator.config.name} needs for its guarantee"
+            )
+        result = self.aggregator.aggregate(server_round, accepted)
+        if result.kept is not None:
+            kept = set(result.kept)
+            stats.discarded = [
+                key_name(self.node_keys.get(n, key_of({}, n)))
+                for m in accepted
+                if (n := m.metadata.src_node_id) not in kept
+            ]
+        return result.arrays
 
 
 class ServerBudgetExhaustedError(EdgeAIError, RuntimeError):
@@ -290,13 +326,16 @@ class ClientLevelDPFedAvg(ValidatingFedAvg):
         chosen = sample_poisson(keys, self.sample_rate, self.sampling_seed, server_round)
         return self._train_messages(server_round, arrays, config, chosen)
 
-    def _combine(self, server_round: int, accepted: list[RecordDict]) -> ArrayRecord | None:
+    def _combine(self, server_round: int, accepted: list[Message]) -> ArrayRecord | None:
         if self._global is None:
             raise RuntimeError("configure_train must run before aggregate_train")
         base = {k: v.numpy() for k, v in self._global.items()}
         updates = [
-            {k: v.numpy() - base[k] for k, v in next(iter(c.array_records.values())).items()}
-            for c in accepted
+            {
+                k: v.numpy() - base[k]
+                for k, v in next(iter(m.content.array_records.values())).items()
+            }
+            for m in accepted
         ]
         # The sampled round is released (and accounted) even when nobody answered.
         self.accountant.step(self.noise_multiplier, self.sample_rate)

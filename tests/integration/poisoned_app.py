@@ -1,7 +1,8 @@
 """A ClientApp whose first virtual clients send poisoned replies (importable for Ray).
 
 The kind of poison comes from the node config: ``poison`` (comma-separated kinds, one per
-round in turn — a deployed node) or else ``partition-id`` (a simulated client).
+round in turn — a deployed node) or else ``partition-id`` (a simulated client). Kinds
+``scale`` and ``sign-flip`` send a well-formed hostile update (:mod:`edgeai.flower.attacks`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from edgeai.flower import client_app as honest
+from edgeai.flower.attacks import DEFAULT_FACTOR, scaled_update
 
 app = ClientApp()
 app.query("identify")(honest.identify)  # sampled and aggregated by partition id
@@ -34,7 +36,15 @@ def train(msg: Message, context: Context) -> Message:
     state = reply.content.array_records["arrays"].to_torch_state_dict()
     metrics = dict(reply.content.metric_records["metrics"])
     first = next(iter(state))
-    if kind == "nan":
+    if kind in DEFAULT_FACTOR:  # well-formed but hostile: passes validation (issue 12)
+        factor = DEFAULT_FACTOR[kind] * (-1 if kind == "sign-flip" else 1)
+        sent = scaled_update(
+            {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()},
+            {k: v.numpy() for k, v in state.items()},
+            factor,
+        )
+        state = {k: torch.from_numpy(v) for k, v in sent.items()}
+    elif kind == "nan":
         state[first] = torch.full_like(state[first], float("nan"))
     elif kind == "inf":
         state[first][..., 0] = float("inf")
