@@ -45,7 +45,7 @@ def assert_bad_input(done: subprocess.CompletedProcess[str], *needles: str) -> N
     [
         ("target_epsilon = 3.0", "target_epsilon = inf", "target_epsilon"),
         ("target_epsilon = 3.0", "target_epsilon = nan", "target_epsilon"),
-        ("max_grad_norm = 1.0", "max_grad_norm = -inf", "max_grad_norm"),
+        ("max_grad_norm = 0.1", "max_grad_norm = -inf", "max_grad_norm"),
         ("learning_rate = 2.0", "learning_rate = inf", "learning_rate"),
         ("delta = 1e-5", "delta = nan", "delta"),
         ("num_clients = 10", "num_clients = 100000", "num_clients"),
