@@ -15,7 +15,8 @@ from edgeai.configfile import parse
 from edgeai.errors import ConfigError
 from edgeai.flower.attacks import AttackConfig, AttackPlan, attackers, flip_labels
 from edgeai.flower.plan import TrainingConfig
-from edgeai.flower.training import seeded_generator, train_plain
+from edgeai.flower.training import seeded_generator, train_dp, train_plain
+from edgeai.privacy.config import PrivacyConfig
 
 G = {"w": np.full((2, 3), 1.0, np.float32), "steps": np.array(7, np.int64)}
 L = {"w": np.full((2, 3), 1.5, np.float32), "steps": np.array(8, np.int64)}
@@ -117,3 +118,28 @@ def test_fedprox_pulls_local_training_towards_the_global_model() -> None:
     drifts = [_drift(*_train(mu)) for mu in (0.0, 0.1, 2.0)]
     assert drifts[0] > drifts[1] > drifts[2]
     assert drifts[2] < 0.5 * drifts[0]
+
+
+def test_fedprox_holds_under_dp_sgd_where_opacus_replaces_the_gradient() -> None:
+    privacy = PrivacyConfig(enabled=True, noise_multiplier=0.5, max_grad_norm=1.0)
+    cfg = TrainingConfig(local_epochs=5, batch_size=8, learning_rate=0.5)
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g))
+    drifts = []
+    for mu in (0.0, 1.0):
+        torch.manual_seed(0)
+        start = nn.Linear(4, 3)
+        model = nn.Linear(4, 3)
+        model.load_state_dict(start.state_dict())
+        trained, _ = train_dp(
+            model,
+            data,
+            cfg,
+            privacy,
+            num_rounds=1,
+            generator=seeded_generator(0, 1, 2),
+            loss_fn=cross_entropy,
+            proximal_mu=mu,
+        )
+        drifts.append(_drift(start, trained))
+    assert drifts[1] < 0.5 * drifts[0]
