@@ -19,6 +19,7 @@ Same inputs, same draws: the results match the ClientApp's to float rounding.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -75,6 +76,37 @@ def parameter_names(model: nn.Module) -> list[str]:
             f"{sorted(persistent)[:3]} (e.g. batch norm); use backend = 'ray'"
         )
     return [n for n, _ in model.named_parameters()]
+
+
+def split_fixed_prefix(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
+    """A ``Sequential``'s leading layers that train nothing, and the rest (names kept).
+
+    A layer belongs to the fixed prefix if it has no parameters, no persistent buffers
+    and no randomness (dropout): input normalization, a fixed feature extractor such
+    as ScatterNet's scattering, GroupNorm without affine parameters, flattening.
+    """
+    if not isinstance(model, nn.Sequential):
+        return None, model
+    children = list(model.named_children())
+    k = 0
+    for _, child in children:
+        fixed = (
+            not any(True for _ in child.parameters())
+            and not child.state_dict()
+            and not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in child.modules())
+        )
+        if not fixed:
+            break
+        k += 1
+    if k == 0:
+        return None, model
+    return nn.Sequential(OrderedDict(children[:k])), nn.Sequential(OrderedDict(children[k:]))
+
+
+@torch.no_grad()
+def _through(prefix: nn.Module, inputs: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    prefix.train()  # as the ClientApp runs it (the fixed layers behave the same either way)
+    return torch.cat([prefix(inputs[i : i + chunk]) for i in range(0, len(inputs), chunk)])
 
 
 def plain_schedule(jobs: Sequence[ClientJob], cfg: TrainingConfig) -> Schedule:
@@ -141,11 +173,13 @@ class BatchedTrainer:
     def __init__(
         self, model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor
     ) -> None:
-        self.model = model
         self.names = parameter_names(model)
-        self.buffers = dict(model.named_buffers())
+        prefix, self.model = split_fixed_prefix(model)
+        self.buffers = dict(self.model.named_buffers())
         self.loss_fn = loss_fn
-        self.inputs = inputs  # the whole training set, gathered by the schedules' indices
+        # The whole training set (gathered by the schedules' indices), through the model's
+        # fixed first layers once: they train nothing and treat each sample on its own.
+        self.inputs = _through(prefix, inputs) if prefix is not None else inputs
         self.targets = targets
 
     def _forward(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -168,16 +202,32 @@ class BatchedTrainer:
         loss = self.loss_fn(self._forward(params, x.unsqueeze(0)), y.unsqueeze(0))
         return loss, loss.detach()
 
+    def _targets(self, idx: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        # labels: each client's own copy of the training targets (a label-flipper's differ).
+        if labels is None:
+            return self.targets[idx]
+        return labels.gather(1, idx.reshape(len(idx), -1)).reshape(idx.shape)
+
     def train_plain(
-        self, params: Stacked, sched: Schedule, cfg: TrainingConfig
+        self,
+        params: Stacked,
+        sched: Schedule,
+        cfg: TrainingConfig,
+        *,
+        mu: float = 0.0,
+        labels: torch.Tensor | None = None,
     ) -> tuple[Stacked, list[float]]:
-        """Minibatch SGD of every client; returns the parameters and each client's mean loss."""
+        """Minibatch SGD of every client; returns the parameters and each client's mean loss.
+
+        ``mu``: FedProx's proximal step; ``labels``: (clients, training set) targets.
+        """
         step_grad = vmap(grad(self._batch_loss, has_aux=True))
-        sgd = _SGD(params, cfg)
+        sgd = _SGD(params, cfg, mu)
         loss_sum = torch.zeros(len(sched.active))
         for s in range(sched.active.shape[1]):
             idx = sched.index[:, s]
-            grads, loss = step_grad(params, self.inputs[idx], self.targets[idx], sched.weight[:, s])
+            y = self._targets(idx, labels)
+            grads, loss = step_grad(params, self.inputs[idx], y, sched.weight[:, s])
             active = sched.active[:, s]
             params = sgd.step(params, grads, active)
             loss_sum += torch.where(active, loss, 0.0)
@@ -191,17 +241,20 @@ class BatchedTrainer:
         cfg: TrainingConfig,
         jobs: Sequence[ClientJob],
         dp: Sequence[DPSetting],
+        *,
+        mu: float = 0.0,
+        labels: torch.Tensor | None = None,
     ) -> tuple[Stacked, list[float]]:
         """DP-SGD of every client; returns the parameters and each client's mean loss."""
         per_sample = vmap(vmap(grad(self._sample_loss, has_aux=True), in_dims=(None, 0, 0)))
-        sgd = _SGD(params, cfg)
+        sgd = _SGD(params, cfg, mu)
         noise_gens = [torch.Generator().manual_seed(j.noise_seed) for j in jobs]
         clip = torch.tensor([d.max_grad_norm for d in dp])
         scale = torch.tensor([float(opacus_rate(len(j.indices), cfg.batch_size)[1]) for j in jobs])
         loss_sum = torch.zeros(len(jobs))
         for s in range(sched.active.shape[1]):
             idx, w, active = sched.index[:, s], sched.weight[:, s], sched.active[:, s]
-            grads, losses = per_sample(params, self.inputs[idx], self.targets[idx])
+            grads, losses = per_sample(params, self.inputs[idx], self._targets(idx, labels))
             summed = clipped_sum(grads, w, clip)
             for name in self.names:  # Opacus adds noise parameter by parameter, in order
                 noise = torch.stack(
@@ -243,10 +296,13 @@ def _noise(std: float, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
 class _SGD:
     """torch.optim.SGD (momentum, weight decay, no dampening) on stacked parameters, masked."""
 
-    def __init__(self, params: Stacked, cfg: TrainingConfig) -> None:
+    def __init__(self, params: Stacked, cfg: TrainingConfig, mu: float = 0.0) -> None:
         self.cfg = cfg
         # torch starts the buffer at the first gradient: momentum·0 + g is that, exactly.
         self.buf = {n: torch.zeros_like(p) for n, p in params.items()} if cfg.momentum else {}
+        # FedProx: after each step, w -= μ·η·(w - w_global) (edgeai.flower.training.Proximal).
+        self.rate = mu * cfg.learning_rate
+        self.anchor = {n: p.clone() for n, p in params.items()} if mu else {}
 
     def step(self, params: Stacked, grads: Stacked, active: torch.Tensor) -> Stacked:
         out = {}
@@ -259,5 +315,8 @@ class _SGD:
                 buf = self.buf[name].mul(self.cfg.momentum).add(g)
                 self.buf[name] = torch.where(mask, buf, self.buf[name])
                 g = buf
-            out[name] = torch.where(mask, p.add(g, alpha=-self.cfg.learning_rate), p)
+            stepped = p.add(g, alpha=-self.cfg.learning_rate)
+            if self.anchor:
+                stepped = stepped.sub(self.rate * (stepped - self.anchor[name]))
+            out[name] = torch.where(mask, stepped, p)
         return out

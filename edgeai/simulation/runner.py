@@ -59,8 +59,10 @@ class _ResultSink(RoundSink):
     def round_done(self, outcome: RoundOutcome) -> None:
         """Keep the record; a round nobody could contribute to ends the simulation."""
         record = outcome.record
-        if record.accepted == 0 and record.refused == 0:
-            # Nothing to aggregate: a misconfigured client fails the same way every round.
+        fleet = self.result.fleet_rounds.get(record.round)
+        if record.accepted == 0 and record.refused == 0 and not (fleet and fleet.dropped):
+            # Nothing to aggregate: a misconfigured client fails the same way every round
+            # (a round whose replies all came after the fleet's deadline is merely lost).
             first = record.problems[0] if record.problems else "no replies"
             raise SimulationError(f"round {record.round}: no client reply was usable; {first}")
         if not self.result.rounds:
@@ -193,6 +195,7 @@ def run_batched(exp: Experiment, server_app: ServerApp, wrap: GridWrap | None = 
 
     from edgeai.simulation.vmap import VmapGrid  # noqa: PLC0415
 
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # as on Ray: our view reports progress
     grid: Grid = VmapGrid(exp.federation.num_clients, threads=exp.simulation.num_cpus)
     if wrap is not None:
         grid = wrap(grid)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import (
     ArrayRecord,
@@ -31,6 +32,7 @@ from flwr.app import (
 from flwr.serverapp import Grid
 
 from edgeai.errors import ConfigError
+from edgeai.flower.attacks import AttackPlan
 from edgeai.flower.client_app import BUDGET_EXHAUSTED, PLAN_KEY, Device, device_of
 from edgeai.flower.plan import ClientPlan, TrainingConfig
 from edgeai.flower.sampling import IDENTIFY, IDENTITY_KEY, identity_of
@@ -135,17 +137,7 @@ class VmapGrid(Grid):
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         started = time.perf_counter()
-        config = messages[0].content.config_records["config"]
-        plan = ClientPlan.model_validate_json(str(config[PLAN_KEY]))
-        rnd = int(str(config.get("server-round", 0)))
-        if any(
-            str(m.content.config_records["config"][PLAN_KEY]) != str(config[PLAN_KEY])
-            for m in messages
-        ):
-            raise ConfigError("the vmap backend trains one plan per round; messages carry several")
-        training = plan.training.model_copy(
-            update={"learning_rate": plan.training.learning_rate_at(rnd, plan.num_rounds)}
-        )
+        plan, rnd, training = self._plan_of(messages)
         nodes = [self.partition_of(m) for m in messages]
         devices = [self._device(plan, p) for p in nodes]
         errors: dict[int, str] = {}
@@ -154,6 +146,10 @@ class VmapGrid(Grid):
         go = [i for i in range(len(messages)) if i not in errors]
         jobs = [self._job(plan, rnd, nodes[i]) for i in go]
         trainer = self._trainer(plan)
+        # The ClientApp's attack entry point and FedProx's μ (edgeai.flower.attacks, training).
+        attack = AttackPlan.of(plan.attack, self.num_clients, plan.seed)
+        labels = self._labels(plan, trainer, attack, [nodes[i] for i in go], jobs)
+        mu = plan.strategy.mu
         states = [messages[i].content.array_records["arrays"].to_torch_state_dict() for i in go]
         stacked = {n: torch.stack([s[n] for s in states]) for n in trainer.names} if go else {}
         dp: list[DPSetting] = []
@@ -164,11 +160,13 @@ class VmapGrid(Grid):
             dp = [self._dp(plan, training, j) for j in jobs]
             steps = [d.steps for d in dp]
             sched = poisson_schedule(jobs, training, steps)
-            stacked, losses = trainer.train_dp(stacked, sched, training, jobs, dp)
+            stacked, losses = trainer.train_dp(
+                stacked, sched, training, jobs, dp, mu=mu, labels=labels
+            )
         else:
             sched = plain_schedule(jobs, training)
             steps = sched.active.sum(dim=1).tolist()
-            stacked, losses = trainer.train_plain(stacked, sched, training)
+            stacked, losses = trainer.train_plain(stacked, sched, training, mu=mu, labels=labels)
         seconds = (time.perf_counter() - started) / max(len(messages), 1)
         replies = []
         for i, msg in enumerate(messages):
@@ -188,11 +186,53 @@ class VmapGrid(Grid):
             if dp:
                 metrics |= self._record_spend(plan, devices[i], rnd, dp[j], len(jobs[j].indices))
             state = {n: stacked[n][j].clone() for n in trainer.names}
+            if attack.attacks(nodes[i]):
+                state = _poisoned(attack, nodes[i], rnd, states[j], state)
             content = RecordDict(
                 {"arrays": ArrayRecord(state), "metrics": MetricRecord({**metrics})}
             )
             replies.append(Message(content, reply_to=msg))
         return replies
+
+    @staticmethod
+    def _plan_of(messages: Sequence[Message]) -> tuple[ClientPlan, int, TrainingConfig]:
+        """The round's one plan, its round, and its training settings at that round."""
+        config = messages[0].content.config_records["config"]
+        plan = ClientPlan.model_validate_json(str(config[PLAN_KEY]))
+        rnd = int(str(config.get("server-round", 0)))
+        if any(
+            str(m.content.config_records["config"][PLAN_KEY]) != str(config[PLAN_KEY])
+            for m in messages
+        ):
+            raise ConfigError("the vmap backend trains one plan per round; messages carry several")
+        training = plan.training.model_copy(
+            update={"learning_rate": plan.training.learning_rate_at(rnd, plan.num_rounds)}
+        )
+        return plan, rnd, training
+
+    @staticmethod
+    def _labels(
+        plan: ClientPlan,
+        trainer: BatchedTrainer,
+        attack: AttackPlan,
+        nodes: list[int],
+        jobs: list[ClientJob],
+    ) -> torch.Tensor | None:
+        """Each client's targets when a label-flipper trains this round (else None)."""
+        flippers = [j for j, node in enumerate(nodes) if attack.attacks(node)]
+        if not flippers or attack.config is None or attack.config.kind != "label-flip":
+            return None
+        task = load_config(plan.task)
+        known = task.labels()
+        if known is None:
+            raise ConfigError(f"attack.kind = 'label-flip' needs class labels; task {task.name!r}")
+        classes = int(max(known)) + 1
+        table = trainer.targets.expand(len(nodes), -1).clone()
+        for j in flippers:
+            own = trainer.targets[jobs[j].indices].numpy()
+            flipped = attack.poison_labels(nodes[j], own, classes)
+            table[j, jobs[j].indices] = torch.from_numpy(np.asarray(flipped))
+        return table
 
     def _device(self, plan: ClientPlan, partition: int) -> Device:
         node = {"partition-id": partition, "num-partitions": self.num_clients}
@@ -279,3 +319,20 @@ class VmapGrid(Grid):
             "sample-rate": sample_rate,
             "dp-steps": sum(h[2] for h in history),
         }
+
+
+def _poisoned(
+    attack: AttackPlan,
+    node: int,
+    rnd: int,
+    received: dict[str, torch.Tensor],
+    trained: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """What an attacking client sends instead of ``trained`` (as the ClientApp does)."""
+    sent = attack.poison_update(
+        node,
+        rnd,
+        {n: v.numpy() for n, v in received.items()},
+        {n: v.numpy() for n, v in trained.items()},
+    )
+    return {n: torch.from_numpy(np.asarray(v)) for n, v in sent.items()}

@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
+from edgeai.flower.attacks import AttackPlan
 from edgeai.flower.client_app import BUDGET_EXHAUSTED, device_of, local_train, plan_config
 from edgeai.flower.experiment import Experiment
 from edgeai.flower.plan import ClientPlan
@@ -100,6 +101,29 @@ def test_dp_sgd_matches_opacus_batches_noise_and_epsilon(tmp_path: Path) -> None
     privacy = {"enabled": True, "noise_multiplier": 1.1, "max_grad_norm": 0.5}
     exp = experiment("dp-cnn-tiny", privacy=privacy)
     replies, reference = both_ways(exp, tmp_path, [1, 4, 9])
+    compare(replies, reference, atol=1e-4)
+
+
+def test_fedprox_and_a_label_flipper_match_the_client_app(tmp_path: Path) -> None:
+    exp = experiment(
+        "dp-cnn-tiny",
+        strategy={"name": "fedprox", "proximal_mu": 0.5},
+        attack={"kind": "label-flip", "fraction": 0.5},
+    )
+    plan, _ = client_plan(exp)
+    assert plan.strategy.mu == 0.5
+    flippers = AttackPlan.of(plan.attack, CLIENTS, plan.seed)
+    assert 0 < sum(flippers.attacks(p) for p in (0, 1, 2, 3)) < 4  # honest and hostile both
+    replies, reference = both_ways(exp, tmp_path, [0, 1, 2, 3])
+    compare(replies, reference, atol=1e-5)
+
+
+def test_a_sign_flipper_under_dp_sgd_matches_the_client_app(tmp_path: Path) -> None:
+    privacy = {"enabled": True, "noise_multiplier": 0.8, "max_grad_norm": 0.5}
+    exp = experiment("dp-cnn-tiny", privacy=privacy, attack={"kind": "sign-flip", "fraction": 0.5})
+    plan, _ = client_plan(exp)
+    assert any(AttackPlan.of(plan.attack, CLIENTS, plan.seed).attacks(p) for p in (0, 1, 2, 3))
+    replies, reference = both_ways(exp, tmp_path, [0, 1, 2, 3])
     compare(replies, reference, atol=1e-4)
 
 
