@@ -14,7 +14,7 @@ import pytest
 from edgeai.flower.runspec import RunPaths, RunSpec
 from edgeai.models.checkpoint import DELTA_KEY, EPSILON_KEY, load_checkpoint
 from edgeai.privacy.ledger import PrivacyLedger
-from edgeai.server.superlink import follow, run_to_end, submit, write_app_dir
+from edgeai.server.superlink import enrolled_nodes, follow, run_to_end, submit, write_app_dir
 from tests.integration.test_federation_flower_fleet import (
     Fleet,
     experiment,
@@ -196,3 +196,39 @@ def test_node_killed_mid_round_then_superlink_restarted(fleet: Fleet, tmp_path: 
     assert status_of(spec)["state"] == "finished"
     assert rounds[-1]["accuracy"] > 0.3
     print(f"SuperLink restart: the run {how}")
+
+
+@pytest.mark.slow
+def test_krum_keeps_a_scaling_node_out_of_every_aggregate(fleet: Fleet, tmp_path: Path) -> None:
+    """Krum on a deployed fleet (issue 12): 4 enrolled nodes with DP-SGD, one of them hostile.
+
+    The hostile node trains honestly, then replies with its update scaled x10 (model
+    replacement). The reply is well-formed, so validation lets it through; Krum must leave
+    it out of every round's aggregate, and the model must learn as if it were not there.
+    """
+    shards = make_shards(tmp_path / "data", 4)
+    for i in range(3):  # partition ids the poisoned app leaves honest (it poisons 0-4)
+        fleet.add_node(f"honest-{i}", shards[i], extra={"partition-id": str(10 + i)})
+    fleet.add_node("hostile", shards[3], extra={"poison": "scale"})
+    # Krum picks one update whatever f is; f sets how many neighbours score each (n - f - 2).
+    # With 4 nodes f = 1 would need n >= 2f + 3 = 5, so f = 0: scored on the 2 nearest.
+    spec = RunSpec(
+        experiment=experiment(
+            rounds=3, nodes=4, strategy={"name": "krum", "num_malicious_nodes": 0}
+        ),
+        out_dir=tmp_path / "run",
+        node_wait_s=120,
+    )
+    app_dir = write_app_dir(fleet.root / "flwr-home", client_app=POISONED_APP)
+    final = run_to_end(fleet.conn, spec, app_dir, timeout_s=400)
+    assert final.ok, final
+
+    ids = {n.name: n.node_id for n in enrolled_nodes(fleet.conn)}
+    hostile = f"node-{ids['hostile']}"
+    rounds = rounds_of(spec)
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for r in rounds:
+        assert (r["sampled"], r["accepted"], r["rejected"]) == (4, 4, 0), r  # all well-formed
+        assert hostile in r["discarded"], r  # Krum left the hostile update out
+        assert len(r["discarded"]) == 3, r  # and kept exactly one honest update
+    assert rounds[-1]["accuracy"] > 0.3, rounds[-1]  # random: 0.1
