@@ -187,6 +187,8 @@ class Scattering2d(nn.Module):
             or torch.onnx.is_in_onnx_export()
             or torch.compiler.is_compiling()
             or isinstance(x, torch.fx.Proxy)
+            # torch.func transforms (the vmap simulation backend): no bytes to key on.
+            or torch._C._functorch.is_functorch_wrapped_tensor(x)
         ):
             return self.conv_forward(x)
         return _cached(self, x)

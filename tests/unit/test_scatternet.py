@@ -111,3 +111,14 @@ def test_unsuitable_images_are_refused_with_the_reason() -> None:
         build_model("scatternet", (3, 28, 28), 10)
     with pytest.raises(ConfigError, match="divisible by 4"):
         build_model("scatternet", (1, 30, 30), 10)
+
+
+def test_the_model_runs_under_vmap_as_the_batched_backend_calls_it() -> None:
+    from torch.func import functional_call, vmap  # noqa: PLC0415
+
+    model = build_model("scatternet", (1, 28, 28), 10, seed=0)
+    params = {k: v.detach().unsqueeze(0).repeat(2, 1, *[1] * (v.dim() - 1))
+              for k, v in model.named_parameters()}  # fmt: skip
+    x = torch.stack([_images(4), _images(8)[4:]])
+    out = vmap(lambda p, xb: functional_call(model, p, (xb,)))(params, x)
+    assert torch.allclose(out[1], model(x[1]), atol=1e-5)
