@@ -212,7 +212,9 @@ def test_golden_epsilons() -> None:
     # Computed once with edgeai at dp-accounting 0.6.0 / Opacus 1.6 (δ = 1e-5) and
     # cross-checked above; a change means the accounting changed.
     assert epsilon_for([(1.1, 0.01, 1000)], DELTA) == pytest.approx(1.7117700912, rel=1e-6)
-    assert epsilon_for([(1.1, 0.01, 1000)], DELTA, "prv") == pytest.approx(1.5254726493, rel=1e-3)
+    # PRV at eps_error 1e-3 since issue 13 (1.5254726493 at Opacus' default 1e-2, an upper
+    # bound 0.6 % looser).
+    assert epsilon_for([(1.1, 0.01, 1000)], DELTA, "prv") == pytest.approx(1.5164691054, rel=1e-3)
     golden = {
         ("poisson", 1.0, 0.1, 100): 7.9038502236,
         ("poisson", 2.0, 1.0, 10): 8.0794062224,
