@@ -17,6 +17,7 @@ import hashlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,7 @@ class FilterBank:
     phi: tuple[Array, ...]  # the low-pass filter at resolution 0 .. J-1
 
 
+@lru_cache(maxsize=4)
 def filter_bank(image: int, J: int = 2, L: int = 8) -> FilterBank:  # noqa: N803
     """Kymatio's Morlet filter bank for ``image`` x ``image`` inputs."""
     size = ((image + 2**J) // 2**J + 1) * 2**J
@@ -127,10 +129,6 @@ def _kernel(hat: Array) -> Array:
     return np.asarray(ker * weights[:, None] * weights[None, :])
 
 
-def _f32(a: Array) -> torch.Tensor:
-    return torch.tensor(np.asarray(a, np.float32))
-
-
 def _conv_weight(hats: list[Array], complex_out: bool) -> torch.Tensor:
     """Stack kernels (zero-padded to one size) as (out, 1, k, k): re, im per filter if complex."""
     kernels = [_kernel(h) for h in hats]
@@ -142,6 +140,25 @@ def _conv_weight(hats: list[Array], complex_out: bool) -> torch.Tensor:
     return torch.tensor(np.stack(parts)[:, None], dtype=torch.float32)
 
 
+@lru_cache(maxsize=4)
+def _conv_weights(image: int, J: int, L: int) -> dict[str, torch.Tensor]:  # noqa: N803
+    """Every conv kernel of the scattering, by buffer name.
+
+    psi per scale, phi per resolution, and for the second order psi_j2 at the resolution
+    of U1 at scale j1 (kymatio's level j1).
+    """
+    bank = filter_bank(image, J, L)
+    weights = {
+        f"psi_w{j}": _conv_weight([h for jj, h in bank.psi if jj == j], True) for j in range(J)
+    }
+    weights |= {f"phi_w{res}": _conv_weight([hat], False) for res, hat in enumerate(bank.phi)}
+    for j1 in range(J):
+        for j2 in range(j1 + 1, J):
+            hats = [_periodize(h, j1) for j, h in bank.psi if j == j2]
+            weights[f"psi2_w{j1}_{j2}"] = _conv_weight(hats, True)
+    return weights
+
+
 class Scattering2d(nn.Module):
     """Order-2 scattering of (N, 1, H, H) images: (N, 1 + J·L + L²·J(J-1)/2, H/2^J, H/2^J)."""
 
@@ -150,29 +167,12 @@ class Scattering2d(nn.Module):
         if image % 2**J:
             raise ValueError(f"image size {image} must be a multiple of 2**J = {2**J}")
         self.image, self.J, self.L = image, J, L
-        bank = filter_bank(image, J, L)
+        bank = filter_bank(image, J, L)  # memoised: every round builds fresh models
         self.size, self.pad = bank.size, bank.pad
         self.maps = 1 + J * L + L * L * J * (J - 1) // 2
-        # Fourier form: psi on the full grid, phi at every resolution.
-        self.register_buffer("psi_hat", _f32(np.stack([h for _, h in bank.psi])), persistent=False)
-        for res, hat in enumerate(bank.phi):
-            self.register_buffer(f"phi_hat{res}", _f32(hat), persistent=False)
-        # Second order filters psi_j2 at the resolution of U1 (kymatio's level j1).
-        for j1 in range(J - 1):
-            levels = [_periodize(h, j1) for j, h in bank.psi if j > j1]
-            self.register_buffer(f"psi2_hat{j1}", _f32(np.stack(levels)), persistent=False)
-            self.register_buffer(
-                f"psi2_w{j1}",
-                _conv_weight([_periodize(h, j1) for j, h in bank.psi if j == j1 + 1], True),
-                persistent=False,
-            )
-        # Conv form: one weight per (scale of psi) and per phi resolution.
-        self.psi_j = tuple(j for j, _ in bank.psi)
-        for j in range(J):
-            hats = [h for jj, h in bank.psi if jj == j]
-            self.register_buffer(f"psi_w{j}", _conv_weight(hats, True), persistent=False)
-        for res, hat in enumerate(bank.phi):
-            self.register_buffer(f"phi_w{res}", _conv_weight([hat], False), persistent=False)
+        # Shared, never written: the buffers of every instance are the same tensors.
+        for name, weight in _conv_weights(image, J, L).items():
+            self.register_buffer(name, weight, persistent=False)
 
     def _buf(self, name: str) -> torch.Tensor:
         value = getattr(self, name)
@@ -225,17 +225,10 @@ class Scattering2d(nn.Module):
         for j1 in range(J):
             for j2 in range(j1 + 1, J):
                 # psi at the resolution of U1 (j1): kymatio keeps level j1 of each filter.
-                weight = self._level_weight(j1, j2)
+                weight = self._buf(f"psi2_w{j1}_{j2}")
                 second = self._modulus(self._circ(first[j1], weight, 2 ** (j2 - j1)))
                 out.append(self._circ(second, self._buf(f"phi_w{j2}"), 2 ** (J - j2)))
         return self._unpad(torch.cat(out, 1))
-
-    def _level_weight(self, j1: int, j2: int) -> torch.Tensor:
-        """Conv kernels of psi at scale j2 on the grid of U1 at scale j1."""
-        if j2 == j1 + 1:
-            return self._buf(f"psi2_w{j1}")
-        bank = filter_bank(self.image, self.J, self.L)
-        return _conv_weight([_periodize(h, j1) for j, h in bank.psi if j == j2], True)
 
 
 _CACHE: OrderedDict[tuple[int, int, int, bytes], torch.Tensor] = OrderedDict()

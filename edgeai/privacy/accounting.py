@@ -12,6 +12,9 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 
+import numpy as np
+from numpy.typing import NDArray
+
 from edgeai.cache import cache_dir, key_of
 from edgeai.errors import PrivacyError
 from edgeai.plumbing.files import atomic_write
@@ -57,12 +60,36 @@ def epsilon_for(history: History, delta: float, accountant: str = "rdp") -> floa
 def _epsilon(steps: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
     # Memoised: the devices of an IID run share one history, and PRV at a tight eps_error
     # takes about 0.5 s per question.
-    acc = _accountant(accountant, steps)
     if accountant == "rdp":
-        return float(acc.get_epsilon(delta=delta, alphas=list(RDP_ORDERS)))
+        return _rdp_epsilon(steps, delta)
+    acc = _accountant(accountant, steps)
     # Opacus' PRV answers an upper bound within eps_error (absolute, 0.01 by default: 1 %
     # of ε = 1); 1e-3 keeps the recorded ε within 0.1 % of an independent PLD recomputation.
     return float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
+
+
+def _rdp_epsilon(steps: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Opacus' RDPAccountant.get_epsilon over RDP_ORDERS, from memoised per-step curves.
+
+    RDP composes additively, so a history's curve is Σ steps · rdp(σ, q): each (σ, q) is
+    evaluated once per process (0.2 s over 158 orders) instead of once per question.
+    """
+    from opacus.accountants.analysis.rdp import get_privacy_spent  # noqa: PLC0415
+
+    rdp = sum(n * _rdp_curve(s, q) for s, q, n in steps)
+    eps, _ = get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)
+    return float(eps)
+
+
+@lru_cache(maxsize=4096)
+def _rdp_curve(sigma: float, q: float) -> NDArray[np.float64]:
+    from opacus.accountants.analysis.rdp import compute_rdp  # noqa: PLC0415
+
+    curve = np.asarray(
+        compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(RDP_ORDERS)), np.float64
+    )
+    curve.flags.writeable = False  # shared by every caller
+    return curve
 
 
 @lru_cache(maxsize=256)
