@@ -95,9 +95,15 @@ def _compile(user: Path, model: Path, profile: str, out: Path) -> Path:
 
 
 def test_the_model_compiles_for_x86_64_avx2(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from edgeai.compile import CompileOptions, compile_model  # noqa: PLC0415
+    from edgeai.profiles import load_profile  # noqa: PLC0415
+
     user, out = trained
-    bundle = _compile(user, out / "model.onnx", "x86-64-avx2", tmp_path / "bundle")
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    # Untimed: this host's p95 against the profile's 5 ms budget depends on its load (a
+    # loaded CI box measured 9.4 ms); the budgets' timing is tested in test_compile.py.
+    untimed = CompileOptions(measure_latency=False)
+    manifest = compile_model(out / "model.onnx", load_profile("x86-64-avx2"),
+                             user / "data.npz", tmp_path / "bundle", options=untimed)  # fmt: skip
     (static,) = [c for c in manifest["candidates"] if c["precision"] == "int8-static"]
     # GroupNorm as the dynamo exporter writes it once made ORT's quantizer define a tensor
     # twice, and the int8 candidate did not load.
