@@ -57,8 +57,12 @@ def settings(rounds: int) -> list[tuple[str, Path, dict[str, object]]]:
     ]
 
 
-def speed(rounds: int) -> None:
-    """Seconds per round: sequential vs vmap vs ray, side by side in this process."""
+def speed(rounds: int, threads: int | None, only: list[str] | None) -> None:
+    """Seconds per round: sequential vs vmap vs ray, side by side in this process.
+
+    ``threads``: torch threads of the sequential loop and the vmap backend (default: all
+    cores); ``only``: the settings to run (by name prefix).
+    """
     from bench.sequential import run_sequential  # noqa: PLC0415
     from edgeai.flower.experiment import load_experiment  # noqa: PLC0415
     from edgeai.simulation.runner import run_experiment  # noqa: PLC0415
@@ -66,8 +70,11 @@ def speed(rounds: int) -> None:
     logging.getLogger("flwr").setLevel(logging.ERROR)
     rows = []
     for name, path, overrides in settings(rounds):
-        exp = load_experiment(path, overrides)
-        seq = [r.seconds for r in run_sequential(exp, threads=os.cpu_count() or 1)]
+        if only and not any(name.startswith(o) for o in only):
+            continue
+        cpus = {} if threads is None else {"simulation.num_cpus": threads}
+        exp = load_experiment(path, {**overrides, **cpus})
+        seq = [r.seconds for r in run_sequential(exp, threads=threads or os.cpu_count() or 1)]
         # The best steady round of each side: on a shared machine the load comes and goes
         # over minutes, and a side's fastest round is the one least slowed by it.
         out = {"seq": min(seq[1:])}
@@ -196,9 +203,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--per-round", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=None, help="speed: torch threads")
+    parser.add_argument("--only", nargs="+", default=None, help="speed: settings to run")
     args = parser.parse_args()
     if args.what == "speed":
-        speed(args.rounds or 3)
+        speed(args.rounds or 3, args.threads, args.only)
     elif args.what == "startup":
         startup(args.repeat, args.rounds or 30)
     else:
