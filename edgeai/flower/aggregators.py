@@ -100,15 +100,24 @@ class Aggregator:
         elif isinstance(self.flower, FedAvgM) and self.flower.current_arrays is None:
             self.flower.current_arrays = arrays
 
-    def aggregate(self, server_round: int, replies: Sequence[Message]) -> Aggregate:
-        """The new global model from ``replies`` (all valid, in key order)."""
+    def aggregate(
+        self, server_round: int, replies: Sequence[Message], removed: int = 0
+    ) -> Aggregate:
+        """The new global model from ``replies`` (all valid, in key order).
+
+        ``removed``: faulty replies already taken out (rejected, crashed); the Krum family
+        counts them against its f (:meth:`StrategyConfig.faulty_left`).
+        """
         if not replies:
             return Aggregate(None)
+        f = self.config.faulty_left(removed)
+        if isinstance(self.flower, Bulyan):
+            self.flower.num_malicious_nodes = f
         if self.flower is None:  # krum, multikrum
             contents = [m.content for m in replies]
             kept = select_multikrum(
                 contents,
-                num_malicious_nodes=self.config.malicious,
+                num_malicious_nodes=f,
                 num_nodes_to_select=1
                 if self.config.name == "krum"
                 else self.config.num_nodes_to_select or 1,  # MultiKrum's default

@@ -240,13 +240,14 @@ class ValidatingFedAvg(FedAvg):
     def _combine(self, server_round: int, accepted: list[Message]) -> ArrayRecord | None:
         """The new global model from the accepted replies (None: keep the current one)."""
         stats = self.stats[server_round]
-        need = self.aggregator.config.min_replies()
+        removed = stats.rejected + stats.failed  # faulty replies: they count against f
+        need = self.aggregator.config.min_replies(removed)
         if 0 < len(accepted) < need:
             stats.reasons.append(
                 f"{len(accepted)} valid replies, fewer than the {need} "
                 f"{self.aggregator.config.name} needs for its guarantee"
             )
-        result = self.aggregator.aggregate(server_round, accepted)
+        result = self.aggregator.aggregate(server_round, accepted, removed)
         if result.kept is not None:
             kept = set(result.kept)
             stats.discarded = [

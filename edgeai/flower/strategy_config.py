@@ -104,9 +104,19 @@ class StrategyConfig(Frozen):
         """FedProx's proximal weight μ (0 for every other strategy)."""
         return self.proximal_mu or 0.0  # only fedprox takes the option
 
-    def min_replies(self) -> int:
-        """The fewest replies a round needs for the strategy's guarantee (1 if none)."""
-        f = self.malicious
+    def faulty_left(self, removed: int = 0) -> int:
+        """``f`` among the valid replies, once ``removed`` faulty replies were taken out.
+
+        In the Byzantine model a reply that failed validation or crashed came from one of
+        the (at most f) faulty nodes, so at most ``f - removed`` faulty ones remain. Without
+        this, Bulyan with f = 10 of 50 skips every round once 10 NaN replies are rejected
+        (40 < 4f + 3): the model never moves.
+        """
+        return max(0, self.malicious - removed)
+
+    def min_replies(self, removed: int = 0) -> int:
+        """The fewest valid replies a round needs for the strategy's guarantee (1 if none)."""
+        f = self.faulty_left(removed)
         if self.name in ("krum", "multikrum"):
             return 2 * f + 3  # Blanchard et al. 2017: n > 2f + 2
         if self.name == "bulyan":

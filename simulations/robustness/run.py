@@ -52,7 +52,15 @@ def cell_name(strategy: str, kind: str, fraction: float) -> str:
     return f"{strategy}-none" if kind == "none" else f"{strategy}-{kind}-{round(fraction * 100)}"
 
 
-def run_grid(names: list[str], rounds: int | None, columns: list[str] | None = None) -> None:
+def _done() -> set[str]:
+    return {
+        name for store in RESULTS.glob("cells-*.json") for name in json.loads(store.read_text())
+    }
+
+
+def run_grid(
+    names: list[str], rounds: int | None, columns: list[str] | None = None, tag: str = ""
+) -> None:
     """Run every missing cell of ``names``, keeping each in its strategy's ``cells-*.json``."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     # One BLAS thread: the clients run one after the other, and on a loaded 2-core host
@@ -68,11 +76,12 @@ def run_grid(names: list[str], rounds: int | None, columns: list[str] | None = N
 
     logging.getLogger("flwr").setLevel(logging.ERROR)
     for strategy in names:
-        store = RESULTS / f"cells-{strategy}.json"  # one per strategy: parallel runs may share
+        # One file per strategy and process (--tag): processes never overwrite each other.
+        store = RESULTS / f"cells-{strategy}{'-' + tag if tag else ''}.json"
         cells: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {}
         for kind, fraction in COLUMNS:
             name = cell_name(strategy, kind, fraction)
-            if name in cells or (columns and name.removeprefix(f"{strategy}-") not in columns):
+            if name in _done() or (columns and name.removeprefix(f"{strategy}-") not in columns):
                 continue
             path = HERE / f"{strategy}.toml"
             base = load_experiment(path)
@@ -135,10 +144,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="override federation.rounds")
     parser.add_argument("--only", nargs="*", default=list(STRATEGIES), help="strategies to run")
     parser.add_argument("--columns", nargs="*", help="only these cells, e.g. none scale-20")
+    parser.add_argument("--tag", default="", help="a second process on a strategy: its own file")
     parser.add_argument("--table", action="store_true", help="only print the table")
     args = parser.parse_args()
     if not args.table:
-        run_grid(args.only, args.rounds, args.columns)
+        run_grid(args.only, args.rounds, args.columns, args.tag)
     print(table())
 
 

@@ -312,3 +312,28 @@ def test_bulyan_neither_empties_the_replies_nor_collects_the_heap_per_reply(
     assert out.arrays is not None
     assert collections == []
     assert all(len(r.content["arrays"]) == len(SHAPES) for r in replies)
+
+
+def test_rejected_replies_count_against_f_so_bulyan_keeps_learning() -> None:
+    # 11 replies, f = 2: Bulyan needs 4f + 3 = 11. Two NaN replies are rejected first; they
+    # were 2 of the f faulty nodes, so the 9 valid ones hold none (f = 0) and Bulyan runs.
+    # Counting f = 2 again, Flower's Bulyan skips the round (9 < 11) every round.
+    ref = reference_of({k: np.zeros(s, np.float32) for k, s in SHAPES.items()})
+    strategy = ValidatingFedAvg(
+        reference=ref,
+        max_examples=100,
+        aggregator=Aggregator(StrategyConfig(name="bulyan", num_malicious_nodes=2)),
+        fraction_train=1.0,
+        min_train_nodes=1,
+        min_available_nodes=1,
+        fraction_evaluate=0.0,
+    )
+    ups = _updates(4, 11)
+    for i in (3, 8):
+        ups[i] = {k: np.full(s, np.nan, np.float32) for k, s in SHAPES.items()}
+    new, _ = strategy.aggregate_train(1, [_reply(i + 1, u) for i, u in enumerate(ups)])
+    assert strategy.stats[1].rejected == 2
+    assert new is not None
+    valid = [_flat(u) for i, u in enumerate(ups) if i not in (3, 8)]
+    assert _close({k: a.numpy() for k, a in new.items()}, _unflat(_ref_mean(valid, [1.0] * 9)))
+    assert StrategyConfig(name="bulyan", num_malicious_nodes=2).min_replies(removed=2) == 3
