@@ -35,6 +35,7 @@ from edgeai.flower.experiment import FleetConfig
 from edgeai.flower.loop import send_and_receive
 from edgeai.flower.sampling import IDENTIFY, IDENTITY_KEY
 from edgeai.profiles.loader import load_profile
+from edgeai.simulation.vmap import LocalGrid
 from edgeai.task import Task
 
 DEADLINE_MISSED = 4202
@@ -160,7 +161,7 @@ class Fleet:
         )
 
 
-class FleetGrid(Grid):
+class FleetGrid(LocalGrid):
     """A grid that shows only the online nodes and drops replies past the deadline."""
 
     def __init__(self, inner: Grid, fleet: Fleet, *, identify_timeout_s: float = 600.0) -> None:
@@ -178,16 +179,6 @@ class FleetGrid(Grid):
     @property
     def run(self) -> Any:  # noqa: D102
         return self.inner.run
-
-    def create_message(  # noqa: D102
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         """The nodes online in the coming round."""

@@ -53,19 +53,10 @@ CHUNK = 64
 FIRST_NODE_ID = 1_000  # node ids are arbitrary; partition p is node FIRST_NODE_ID + p
 
 
-class VmapGrid(Grid):
-    """An in-process grid of ``num_clients`` virtual nodes, trained client-parallel."""
+class LocalGrid(Grid):
+    """A grid in this process: the run and Flower's deprecated ``create_message``."""
 
-    def __init__(self, num_clients: int, *, threads: int | None = None, chunk: int = CHUNK) -> None:
-        self.num_clients = num_clients
-        self.threads = threads
-        self.chunk = chunk
-        self._run: Any = None
-        self._pending: list[Message] = []
-        self._replies: dict[str, Message] = {}
-        self._cache: dict[str, Any] = {}  # the task's trainer and partitions, built once
-
-    # -- Grid: bookkeeping ----------------------------------------------------------------
+    _run: Any = None
 
     def set_run(self, run: Any) -> None:  # noqa: D102
         self._run = run
@@ -83,6 +74,18 @@ class VmapGrid(Grid):
         ttl: float | None = None,
     ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+
+class VmapGrid(LocalGrid):
+    """An in-process grid of ``num_clients`` virtual nodes, trained client-parallel."""
+
+    def __init__(self, num_clients: int, *, threads: int | None = None, chunk: int = CHUNK) -> None:
+        self.num_clients = num_clients
+        self.threads = threads
+        self.chunk = chunk
+        self._pending: list[Message] = []
+        self._replies: dict[str, Message] = {}
+        self._cache: dict[str, Any] = {}  # the task's trainer and partitions, built once
 
     def get_node_ids(self) -> Iterable[int]:
         """Every virtual node (all are always connected)."""
