@@ -50,3 +50,14 @@ def tiny_bundle(tiny_model: tuple[Path, Path], tmp_path_factory: pytest.TempPath
 
     model, cal = tiny_model
     return compile_bundle(model, cal, tmp_path_factory.mktemp("tiny-bundle") / "bundle")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the files with ``slow`` tests first (stable otherwise).
+
+    ``make test`` gives each xdist worker whole files in collection order; a long file
+    collected last (the fleet end to end) ran alone at the end while the other workers
+    idled.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)

@@ -268,7 +268,9 @@ class FederationServer:
         if st is None or not st.finished or st.ok or st.sub_status == "stopped":
             return
         server_app = read_status(self.run_paths) or {}
-        if server_app.get("state") not in (None, "running", "starting") or (
+        # A ServerApp cut off while starting, running or waiting for nodes said nothing of
+        # its own; one that wrote "failed" or "finished" did (and is not resubmitted).
+        if server_app.get("state") not in (None, "starting", "waiting-for-nodes", "running") or (
             self._resubmits >= self.MAX_RESUBMITS
         ):
             # The ServerApp said why it ended (too few nodes, budgets ...), or it keeps
