@@ -6,13 +6,13 @@ Each is refused while the experiment is read: before Ray, torch training or any 
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import simulate_cli
+
 pytestmark = pytest.mark.integration
-EDGEAI = Path(sys.executable).with_name("edgeai")
 
 BASE = """
 name = "bad-strategy"
@@ -28,13 +28,7 @@ rounds = 1
 def simulate(tmp_path: Path, tail: str, per_round: int = 10) -> subprocess.CompletedProcess[str]:
     exp = tmp_path / "exp.toml"
     exp.write_text(BASE.format(per_round=per_round) + tail)
-    return subprocess.run(
-        [str(EDGEAI), "simulate", str(exp), "--out", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return simulate_cli(exp, tmp_path / "out")
 
 
 @pytest.mark.parametrize(

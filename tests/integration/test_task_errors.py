@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import simulate_cli
+
 pytestmark = pytest.mark.integration
-EDGEAI = Path(sys.executable).with_name("edgeai")
 
 EXPERIMENT = """
 name = "bad"
@@ -82,13 +82,7 @@ def simulate(tmp_path: Path, ref: str, dp: bool = False) -> subprocess.Completed
     (tmp_path / "tasks_under_test.py").write_text(textwrap.dedent(TASKS))
     exp = tmp_path / "exp.toml"
     exp.write_text(EXPERIMENT.format(ref=ref, dp="true" if dp else "false"))
-    return subprocess.run(
-        [str(EDGEAI), "simulate", str(exp), "--out", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return simulate_cli(exp, tmp_path / "out")
 
 
 @pytest.mark.parametrize(
