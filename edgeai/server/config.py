@@ -185,7 +185,14 @@ def _check_contents(cfg: ServerConfig) -> list[str]:
         except ImportError:  # an inference-only install cannot run training anyway
             return [*problems, "  run: needs the train extra (pip install 'edgeai[train]')"]
         try:
-            check_experiment_data(load_experiment(cfg.run.experiment), cfg.run.experiment)
+            exp = load_experiment(cfg.run.experiment)
+            check_experiment_data(exp, cfg.run.experiment)
         except EdgeAIError as exc:
             problems.append(f"  run.experiment: {exc}")
+        else:
+            if exp.attack is not None:
+                problems.append(
+                    f"  run.experiment: {cfg.run.experiment}: [attack] is for simulation only "
+                    "(a deployed fleet's clients are real devices); remove it"
+                )
     return problems

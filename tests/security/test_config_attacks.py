@@ -95,18 +95,28 @@ def test_calibration_that_is_not_a_data_set_is_refused(tmp_path: Path) -> None:
     assert_bad_input(done, "releases.calibration")
 
 
-def test_run_experiment_is_validated_at_start_up(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("experiment", "named"),
+    [
+        (QUICKSTART.replace("target_epsilon = 3.0", "target_epsilon = inf"), "target_epsilon"),
+        # An attack is a simulation device; a deployed run used to be refused only when the
+        # server submitted it, after the SuperLink, broker and artifact server had started.
+        (QUICKSTART + '\n[attack]\nkind = "sign-flip"\nfraction = 0.2\n', "[attack]"),
+    ],
+    ids=["non-finite-epsilon", "attack"],
+)
+def test_run_experiment_is_validated_at_start_up(
+    tmp_path: Path, experiment: str, named: str
+) -> None:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "cal.npz", X=rng.integers(0, 255, (4, 28, 28), dtype=np.uint8),
              y=np.arange(4))  # fmt: skip
-    (tmp_path / "exp.toml").write_text(
-        QUICKSTART.replace("target_epsilon = 3.0", "target_epsilon = inf"), encoding="utf-8"
-    )
+    (tmp_path / "exp.toml").write_text(experiment, encoding="utf-8")
     config = federation(
         tmp_path, str(tmp_path / "cal.npz"), run={"experiment": str(tmp_path / "exp.toml")}
     )
     done = edgeai("server", "run", "-c", str(config), cwd=tmp_path)
-    assert_bad_input(done, "run.experiment", "target_epsilon")
+    assert_bad_input(done, "run.experiment", named)
     assert not (tmp_path / "state" / "status.json").exists()
 
 
