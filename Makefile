@@ -10,11 +10,10 @@ BIN    := $(VENV)/bin
 # release of the same version is installed.
 TORCH  ?= torch==2.13.0+cpu
 OUT    ?= results/quickstart
-# pytest-xdist workers (0: none); a test file stays on one worker (its module fixtures are
-# built once). TEST_JOBS=3 overlaps the integration tests' waits on two cores, but the
-# SuperLink-restart tests' deadlines were missed when three workers shared two loaded
-# cores, so CI runs the files one after another.
-TEST_JOBS ?= 0
+# pytest-xdist workers (0: none). The files marked many_processes (a SuperLink with
+# SuperNodes, Ray) run one after another on one worker (tests/conftest.py); the other
+# worker takes the other files, whole, so their module fixtures are built once.
+TEST_JOBS ?= 2
 export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 
@@ -50,7 +49,7 @@ test: $(VENV)/.installed-dev mosquitto
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q -ra -n $(TEST_JOBS) --dist loadfile
+	$(BIN)/pytest -q -ra -n $(TEST_JOBS) --dist loadgroup
 
 clean:
 	rm -rf $(VENV) results .mypy_cache .pytest_cache .ruff_cache

@@ -52,12 +52,19 @@ def tiny_bundle(tiny_model: tuple[Path, Path], tmp_path_factory: pytest.TempPath
     return compile_bundle(model, cal, tmp_path_factory.mktemp("tiny-bundle") / "bundle")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the files with ``slow`` tests first (stable otherwise).
+    """Put the ``many_processes`` files in one xdist group, and start with them.
 
-    ``make test`` gives each xdist worker whole files in collection order; a long file
-    collected last (the fleet end to end) ran alone at the end while the other workers
-    idled.
+    ``make test`` runs two workers with ``--dist loadgroup``: the files that start a
+    SuperLink with SuperNodes or Ray run one after another on one worker (two of them at
+    once on two cores missed their deadlines: one test took 18x its serial time), while the
+    other worker takes every other file, whole. The group goes first: it is the longest.
     """
+    for item in items:
+        if item.get_closest_marker("many_processes"):
+            item.add_marker(pytest.mark.xdist_group("many-processes"))
     slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)
+    items.sort(
+        key=lambda item: (item.get_closest_marker("many_processes") is None, item.path not in slow)
+    )
