@@ -10,9 +10,9 @@ BIN    := $(VENV)/bin
 # release of the same version is installed.
 TORCH  ?= torch==2.13.0+cpu
 OUT    ?= results/quickstart
-# pytest-xdist workers (0: none). The files marked many_processes (a SuperLink with
-# SuperNodes, Ray) run one after another on one worker (tests/conftest.py); the other
-# worker takes the other files, whole, so their module fixtures are built once.
+# pytest-xdist workers (0: none). Each worker takes whole files; the files that start a
+# SuperLink with SuperNodes or Ray run one after another on one worker (tests/conftest.py,
+# MANY_PROCESSES and its scheduler).
 TEST_JOBS ?= 2
 export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
@@ -49,7 +49,7 @@ test: $(VENV)/.installed-dev mosquitto
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q -ra -n $(TEST_JOBS) --dist loadgroup
+	$(BIN)/pytest -q -ra -n $(TEST_JOBS)
 
 clean:
 	rm -rf $(VENV) results .mypy_cache .pytest_cache .ruff_cache

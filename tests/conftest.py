@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,19 +53,55 @@ def tiny_bundle(tiny_model: tuple[Path, Path], tmp_path_factory: pytest.TempPath
     return compile_bundle(model, cal, tmp_path_factory.mktemp("tiny-bundle") / "bundle")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Put the ``many_processes`` files in one xdist group, and start with them.
+# Files that start a fleet of processes (a SuperLink with SuperNodes, Ray). Under
+# ``make test``'s two xdist workers they run one after another on one worker: two of them at
+# once on two cores missed their deadlines (one test took 18x its serial time).
+MANY_PROCESSES = frozenset(
+    f"tests/integration/test_{name}.py"
+    for name in (
+        "custom_task",
+        "federation_flower",
+        "fleet_e2e",
+        "ray_cluster",
+        "secagg_dp",
+        "simulation",
+        "task_fleet",
+        "vmap_vs_ray",
+        "warm_exec",
+    )
+)
+_GROUP = "many-processes"
 
-    ``make test`` runs two workers with ``--dist loadgroup``: the files that start a
-    SuperLink with SuperNodes or Ray run one after another on one worker (two of them at
-    once on two cores missed their deadlines: one test took 18x its serial time), while the
-    other worker takes every other file, whole. The group goes first: it is the longest.
-    """
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the fleet files ``many_processes``; run them first, then files with slow tests."""
     for item in items:
-        if item.get_closest_marker("many_processes"):
-            item.add_marker(pytest.mark.xdist_group("many-processes"))
+        if _file_of(item.nodeid) in MANY_PROCESSES:
+            item.add_marker(pytest.mark.many_processes)
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(
-        key=lambda item: (item.get_closest_marker("many_processes") is None, item.path not in slow)
+        key=lambda item: (_file_of(item.nodeid) not in MANY_PROCESSES, item.path not in slow)
     )
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Whole files per worker, all MANY_PROCESSES files as one unit (on one worker).
+
+    Not ``--dist loadgroup``: with pytest 9.2 it silently stops grouping (its node-id
+    suffix no longer takes; pytest-dev/pytest-xdist#1386), and it would hand out every
+    other test one by one, building module fixtures on both workers.
+    """
+    from xdist.scheduler import (  # type: ignore[import-untyped]  # noqa: PLC0415
+        LoadScopeScheduling,  # only under xdist
+    )
+
+    class FleetsTogether(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = _file_of(nodeid)
+            return _GROUP if path in MANY_PROCESSES else path
+
+    return FleetsTogether(config, log)

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.serving import EDGEAI, compile_cli, serve_and_probe
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.many_processes]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom-task"
 
 

@@ -24,7 +24,7 @@ from tests.integration.test_federation_flower_fleet import (
 )
 from tests.support.waiting import wait_for_slow as wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.many_processes]
+pytestmark = pytest.mark.integration
 
 POISONED_APP = "tests.integration.poisoned_app:app"  # poisons by the node's partition-id
 

@@ -24,7 +24,7 @@ import pytest
 from edgeai.artifacts import ModelStore
 from edgeai.server.demo import Demo
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.many_processes]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PROBE = Path(__file__).with_name("triton_probe.py")
 
 

@@ -24,7 +24,7 @@ import pytest
 from edgeai.plumbing.processes import free_port, wait_until
 
 # slow: two Ray nodes boot (~20 s each on two shared cores), then two rounds train.
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.many_processes]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 EXPERIMENT = """

@@ -19,7 +19,7 @@ from flwr.simulation import run_simulation
 from edgeai.flower.secagg import ServerView, client_app, server_app
 from edgeai.privacy.distributed import NoiseShare, clip_and_share, plan_noise_share
 
-pytestmark = [pytest.mark.integration, pytest.mark.many_processes]
+pytestmark = pytest.mark.integration
 
 D, N, T = 2_000, 5, 4
 SHARE = plan_noise_share(1.0, 1.0, T, D, devices_per_round=N, rounds=1)

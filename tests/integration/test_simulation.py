@@ -20,7 +20,7 @@ from edgeai.models.checkpoint import load_checkpoint
 from edgeai.privacy import epsilon_for
 from edgeai.simulation.runner import run_experiment
 
-pytestmark = [pytest.mark.integration, pytest.mark.many_processes]
+pytestmark = pytest.mark.integration
 
 E2E = """
 name = "e2e"

@@ -27,7 +27,7 @@ from edgeai.plumbing.processes import free_port, wait_until
 from edgeai.server.daemon import read_server_status
 from tests.support.federation import loopback_federation
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.many_processes]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom-task"
 ROUNDS = 2
 

@@ -12,7 +12,7 @@ import pytest
 from edgeai.flower.experiment import Experiment
 from edgeai.simulation.runner import run_experiment
 
-pytestmark = [pytest.mark.integration, pytest.mark.many_processes]
+pytestmark = pytest.mark.integration
 
 
 def both(raw: dict[str, object]) -> tuple[list[float], list[float], list[float | None]]:

@@ -34,7 +34,7 @@ from tests.integration.test_federation_flower_fleet import (
 from tests.mosquitto import free_port
 from tests.support.waiting import wait_for_slow as wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.many_processes]
+pytestmark = pytest.mark.integration
 
 
 @dataclass
