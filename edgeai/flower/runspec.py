@@ -26,6 +26,21 @@ SPEC_KEY = "spec"  # the run-config key that carries the spec path
 RunState = Literal["starting", "waiting-for-nodes", "running", "finished", "failed", "stopped"]
 
 
+def check_deployable(exp: Experiment) -> None:
+    """Refuse what only a simulation can run: ``[attack]`` (a fleet's clients are devices).
+
+    Raises
+    ------
+    ConfigError
+        The section and the fix.
+    """
+    if exp.attack is not None:
+        raise ConfigError(
+            "[attack] is for simulation only (a deployed fleet's clients are real devices); "
+            "remove it from the run's experiment"
+        )
+
+
 class RunSpec(Frozen):
     """A deployed training run.
 
@@ -48,11 +63,7 @@ class RunSpec(Frozen):
     @field_validator("experiment")
     @classmethod
     def _no_attack(cls, exp: Experiment) -> Experiment:
-        if exp.attack is not None:
-            raise ConfigError(
-                "attack: an attack is for simulation only (a deployed fleet's clients are "
-                "real devices); remove it from the run's experiment"
-            )
+        check_deployable(exp)
         return exp
 
     @property

@@ -182,17 +182,13 @@ def _check_contents(cfg: ServerConfig) -> list[str]:
                 check_experiment_data,
                 load_experiment,
             )
+            from edgeai.flower.runspec import check_deployable  # noqa: PLC0415
         except ImportError:  # an inference-only install cannot run training anyway
             return [*problems, "  run: needs the train extra (pip install 'edgeai[train]')"]
         try:
             exp = load_experiment(cfg.run.experiment)
             check_experiment_data(exp, cfg.run.experiment)
+            check_deployable(exp)
         except EdgeAIError as exc:
             problems.append(f"  run.experiment: {exc}")
-        else:
-            if exp.attack is not None:
-                problems.append(
-                    f"  run.experiment: {cfg.run.experiment}: [attack] is for simulation only "
-                    "(a deployed fleet's clients are real devices); remove it"
-                )
     return problems
