@@ -8,14 +8,18 @@ the 81 maps), built here in numpy so nothing needs kymatio at run time.
 kymatio multiplies spectra; here every filter is a truncated spatial convolution (circular
 padding, stride for the subsampling) followed by a modulus, so the exported ONNX graph is
 plain Pad/Conv/Sqrt and takes raw pixels like every other model. The features of an image
-never change, so training memoises them per process (keyed by the image's bytes).
+never change, so training memoises them per process (keyed by the image's bytes), and a
+bulk call (a whole training or evaluation set in chunks) also on disk in ``edgeai.cache``:
+a second run of an experiment reads them instead of scattering every image again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -26,6 +30,9 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from edgeai.cache import cache_dir, key_of
+from edgeai.plumbing.files import atomic_write
+
 Array = NDArray[np.inexact[Any]]
 
 # Kernel taps below this fraction of a filter's peak are dropped: the features then agree
@@ -34,6 +41,10 @@ _TAP_THRESHOLD = 1e-4
 # Memoised features per process: MNIST's 10k images at 3,969 float32 each are 160 MB.
 _CACHE_ENTRIES = 12_000
 _CHUNK = 256
+# A call with at least this many unknown images is memoised on disk as one entry (an
+# evaluation set, or the vmap backend's pass over the training set in chunks of 1,000).
+# Training minibatches are smaller and drawn at random: they would never be read back.
+_DISK_MIN = 500
 
 
 def _gabor(size: int, sigma: float, theta: float, xi: float, slant: float = 1.0) -> Array:
@@ -242,15 +253,59 @@ def _cached(module: Scattering2d, x: torch.Tensor) -> torch.Tensor:
         for img in flat
     ]
     missing = [i for i, key in enumerate(keys) if key not in _CACHE]
-    # In chunks: the maps of a whole evaluation set at once would take gigabytes.
-    for start in range(0, len(missing), _CHUNK):
-        chunk = missing[start : start + _CHUNK]
-        with torch.no_grad():
-            fresh = module.conv_forward(x.detach()[chunk].cpu())
-        for i, feats in zip(chunk, fresh, strict=True):
-            _CACHE[keys[i]] = feats.clone()
-        while len(_CACHE) > _CACHE_ENTRIES:
-            _CACHE.popitem(last=False)
+    if len(missing) >= _DISK_MIN:
+        fresh = _on_disk(module, x.detach()[missing].cpu(), [keys[i][-1] for i in missing])
+        _remember(zip([keys[i] for i in missing], fresh, strict=True))
+    elif missing:
+        _remember(zip([keys[i] for i in missing], _scatter(module, x[missing]), strict=True))
     for key in keys:
         _CACHE.move_to_end(key)
     return torch.stack([_CACHE[key] for key in keys]).to(x.device)
+
+
+def _scatter(module: Scattering2d, x: torch.Tensor) -> torch.Tensor:
+    """The maps of ``x``, in chunks: a whole evaluation set at once would take gigabytes."""
+    with torch.no_grad():
+        return torch.cat(
+            [
+                module.conv_forward(x.detach()[s : s + _CHUNK].cpu())
+                for s in range(0, len(x), _CHUNK)
+            ]
+        )
+
+
+def _remember(items: Iterable[tuple[tuple[int, int, int, bytes], torch.Tensor]]) -> None:
+    for key, feats in items:
+        _CACHE[key] = feats.clone()
+        while len(_CACHE) > _CACHE_ENTRIES:
+            _CACHE.popitem(last=False)
+
+
+def _on_disk(module: Scattering2d, x: torch.Tensor, digests: list[bytes]) -> torch.Tensor:
+    """The maps of ``x`` from the disk cache, or computed and stored there.
+
+    The entry's name hashes the images and the filters themselves, so a change to either
+    (or to the tap threshold) can never read stale maps.
+    """
+    filters = _filters_digest(module.image, module.J, module.L)
+    path = cache_dir("scattering") / f"{key_of(filters, *map(bytes.hex, digests))}.npy"
+    try:
+        maps = np.load(path, allow_pickle=False)
+        if maps.shape[0] == len(x) and maps.dtype == np.float32:
+            return torch.from_numpy(maps)
+    except (OSError, ValueError):
+        pass  # not cached yet, or a torn file: recompute
+    fresh = _scatter(module, x)
+    buffer = io.BytesIO()
+    np.save(buffer, fresh.numpy())
+    atomic_write(path, buffer.getvalue(), durable=False)  # a cache: recomputed if lost
+    return fresh
+
+
+@lru_cache(maxsize=8)
+def _filters_digest(image: int, J: int, L: int) -> str:  # noqa: N803
+    digest = hashlib.sha256(f"{image} {J} {L} {_TAP_THRESHOLD}".encode())
+    for name, weight in sorted(_conv_weights(image, J, L).items()):
+        digest.update(name.encode())
+        digest.update(weight.numpy().tobytes())
+    return digest.hexdigest()

@@ -83,6 +83,33 @@ def test_the_cache_returns_what_the_convolutions_compute() -> None:
     assert module(grad_in).requires_grad  # a gradient through the filters bypasses the memo
 
 
+def test_a_bulk_call_is_read_back_from_disk_and_a_torn_entry_is_recomputed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeai.models import scatternet  # noqa: PLC0415
+
+    monkeypatch.setenv("EDGEAI_CACHE_DIR", str(tmp_path))
+    memo = type(scatternet._CACHE)()
+    monkeypatch.setattr(scatternet, "_CACHE", memo)
+    x = _images(scatternet._DISK_MIN)
+    first = Scattering2d(28)(x)
+    assert torch.allclose(first[:20], Scattering2d(28).conv_forward(x[:20]), atol=1e-6)
+    (entry,) = (tmp_path / "scattering").iterdir()
+
+    def no_convolution(_: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the maps should have come from the disk cache")
+
+    memo.clear()  # as in a fresh process: only the disk knows the maps
+    reader = Scattering2d(28)
+    monkeypatch.setattr(reader, "conv_forward", no_convolution)
+    assert torch.equal(reader(x), first)
+
+    entry.write_bytes(entry.read_bytes()[:1000])  # torn by a crash mid-write
+    memo.clear()
+    assert torch.allclose(Scattering2d(28)(x), first, atol=1e-6)
+    assert entry.stat().st_size > 1000  # written again, whole
+
+
 def test_only_the_linear_head_trains_and_the_groupnorm_is_per_image() -> None:
     model = build_model("scatternet", (1, 28, 28), 10, seed=0)
     trained = {name for name, p in model.named_parameters() if p.requires_grad}
