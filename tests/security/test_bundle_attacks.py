@@ -65,19 +65,36 @@ def _rehash(d: Path, *names: str) -> None:
 
 
 def _edit_bias(d: Path, by: float = 1000.0) -> None:
-    """Add ``by`` to the classifier's bias: one edited number, a wildly wrong model."""
+    """Add ``by`` to one float vector, the classifier's bias where it is one: a wildly wrong model.
+
+    The bundle may be fp32 or int8 (compile prefers the smaller candidate unless the larger
+    is clearly faster, so which one depends on the machine's load). An int8-static model
+    keeps float vectors its quantized path no longer reads, so the vector edited is the
+    first, in order of preference (as long as the class count, last first), whose edit moves
+    the golden outputs by more than 1 under ONNX Runtime.
+    """
     import onnx  # noqa: PLC0415
+    import onnxruntime as ort  # noqa: PLC0415
     from onnx import numpy_helper  # noqa: PLC0415
 
+    spec = _manifest(d)["golden"]
+    with np.load(d / "golden.npz") as data:
+        x, before = data[spec["input_key"]], data[spec["output_key"]]
     model = onnx.load(str(d / "model.onnx"))
-    # The bundle may be fp32 or int8 (compile chooses by timing): edit a float vector as
-    # long as the class count (the classifier's bias, or its per-channel weight scale).
     classes = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
-    vectors = [t for t in model.graph.initializer if len(t.dims) == 1 and t.data_type == 1]
-    bias = ([t for t in vectors if t.dims[0] == classes] or vectors)[-1]
-    edited = numpy_helper.to_array(bias) + np.float32(by)
-    bias.CopyFrom(numpy_helper.from_array(edited.astype(np.float32), bias.name))
-    onnx.save(model, str(d / "model.onnx"))
+    vectors = [t for t in model.graph.initializer if len(t.dims) == 1 and t.data_type == 1][::-1]
+    for vector in sorted(vectors, key=lambda t: t.dims[0] != classes):  # stable: last first
+        original = numpy_helper.to_array(vector).copy()
+        vector.CopyFrom(numpy_helper.from_array(original + np.float32(by), vector.name))
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        after = session.run(None, {session.get_inputs()[0].name: x})[0]
+        if float(np.abs(after - before).max()) > 1.0:
+            onnx.save(model, str(d / "model.onnx"))
+            return
+        vector.CopyFrom(numpy_helper.from_array(original, vector.name))
+    raise AssertionError(f"{d}: no float vector of the model moves its outputs")
 
 
 def _golden(d: Path, change: Callable[[dict[str, np.ndarray]], dict[str, Any]]) -> None:
