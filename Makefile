@@ -11,8 +11,8 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0+cpu
 OUT    ?= results/quickstart
 # pytest-xdist workers (0: none). Each worker takes whole files; the files that start a
-# SuperLink with SuperNodes or Ray run one after another on one worker (tests/conftest.py,
-# MANY_PROCESSES and its scheduler).
+# SuperLink with SuperNodes run one after another on one worker, those that start Ray on
+# one worker (tests/conftest.py, CHAIN_OF and its scheduler).
 TEST_JOBS ?= 2
 export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
