@@ -253,25 +253,23 @@ def _cached(module: Scattering2d, x: torch.Tensor) -> torch.Tensor:
         for img in flat
     ]
     missing = [i for i, key in enumerate(keys) if key not in _CACHE]
-    if len(missing) >= _DISK_MIN:
-        fresh = _on_disk(module, x.detach()[missing].cpu(), [keys[i][-1] for i in missing])
+    if missing:
+        rows = x.detach()[missing].cpu()
+        fresh = (
+            _on_disk(module, rows, [keys[i][-1] for i in missing])
+            if len(missing) >= _DISK_MIN
+            else _scatter(module, rows)
+        )
         _remember(zip([keys[i] for i in missing], fresh, strict=True))
-    elif missing:
-        _remember(zip([keys[i] for i in missing], _scatter(module, x[missing]), strict=True))
     for key in keys:
         _CACHE.move_to_end(key)
     return torch.stack([_CACHE[key] for key in keys]).to(x.device)
 
 
 def _scatter(module: Scattering2d, x: torch.Tensor) -> torch.Tensor:
-    """The maps of ``x``, in chunks: a whole evaluation set at once would take gigabytes."""
+    """The maps of CPU images ``x``, in chunks (a whole evaluation set at once: gigabytes)."""
     with torch.no_grad():
-        return torch.cat(
-            [
-                module.conv_forward(x.detach()[s : s + _CHUNK].cpu())
-                for s in range(0, len(x), _CHUNK)
-            ]
-        )
+        return torch.cat([module.conv_forward(x[s : s + _CHUNK]) for s in range(0, len(x), _CHUNK)])
 
 
 def _remember(items: Iterable[tuple[tuple[int, int, int, bytes], torch.Tensor]]) -> None:
