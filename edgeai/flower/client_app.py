@@ -32,13 +32,18 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
 from numpy.typing import NDArray
 from torch.utils.data import Dataset, TensorDataset
 
 from edgeai.data.datasets import load_npz
 from edgeai.data.partition import PartitionSpec
-from edgeai.errors import ConfigError, DataError
+from edgeai.errors import ConfigError, DataError, PrivacyError
 from edgeai.flower.attacks import AttackPlan
 from edgeai.flower.plan import ClientPlan, TrainingConfig
 from edgeai.flower.sampling import IDENTITY_KEY, identity_of
@@ -58,11 +63,24 @@ from edgeai.flower.training import (
     train_dp,
     train_plain,
 )
+from edgeai.privacy.distributed import NoiseShare, clip_and_share, plan_noise_share
 from edgeai.privacy.ledger import BudgetExhaustedError, PrivacyLedger
 from edgeai.task import Task, TaskConfig
 from edgeai.task.batches import size_of, subset
 
-app = ClientApp()
+
+def secagg_when_asked(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``secaggplus_mod`` for the messages of a SecAgg+ round, and only those.
+
+    The mod would take every train message for a SecAgg+ stage; a plain round's has no
+    SecAgg+ record, and goes straight to :func:`train`.
+    """
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
+app = ClientApp(mods=[secagg_when_asked])
 
 PLAN_KEY = "plan"
 # Error code of a reply from a device that refuses to train past its privacy budget.
@@ -292,7 +310,11 @@ def train(msg: Message, context: Context) -> Message:
 
     A device whose privacy budget would be exceeded replies with an error of
     code :data:`BUDGET_EXHAUSTED` (and trains nothing); the server counts it.
+    A SecAgg+ round's message (the legacy ``fitins.*`` layout) goes to
+    :func:`secure_train`.
     """
+    if LEGACY_FITINS in msg.content.array_records:
+        return secure_train(msg, context)
     plan = _plan(msg)
     config = msg.content.config_records["config"]
     started = time.perf_counter()
@@ -314,6 +336,68 @@ def train(msg: Message, context: Context) -> Message:
     metrics["process-seconds"] = time.time() - psutil.Process().create_time()
     content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord({**metrics})})
     return Message(content=content, reply_to=msg)
+
+
+LEGACY_FITINS = "fitins.parameters"  # where Flower's legacy FitIns puts the weights
+SHARE_KEY = "noise-share"  # the NoiseShare (JSON) in a SecAgg+ round's fitins.config
+STATE_KEYS_KEY = "state-keys"  # the state_dict keys, in the order of the weights
+
+
+def secure_train(msg: Message, context: Context) -> Message:
+    """A SecAgg+ round: train, clip the update, add the noise share; reply with weight 1.
+
+    Flower's ``secaggplus_mod`` reads the reply as a legacy ``FitRes``, masks its vector
+    and sends only that, with the weight and metrics: so the metrics are empty, and
+    the weight is 1 (the server learns nothing per device but that it replied).
+    """
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    config = fitins.config
+    plan = ClientPlan.model_validate_json(str(config[PLAN_KEY]))
+    share = noise_share_of(str(config[SHARE_KEY]))
+    keys = [str(k) for k in json.loads(str(config[STATE_KEYS_KEY]))]
+    arrays = parameters_to_ndarrays(fitins.parameters)
+    if len(keys) != len(arrays):
+        raise DataError(f"{len(keys)} state keys for {len(arrays)} arrays")
+    state = {k: torch.from_numpy(np.array(a)) for k, a in zip(keys, arrays, strict=True)}
+    new, _ = local_train(
+        plan,
+        state,
+        context.node_config,
+        int(str(config.get("server-round", 0))),
+        device_of(plan, context.node_config, context.node_id, context.run_id),
+    )
+    delta = np.concatenate([(new[k].numpy() - arrays[i]).ravel() for i, k in enumerate(keys)])
+    # Fresh OS entropy: a seed the server could know would let it subtract the noise.
+    noised = clip_and_share(delta, share, np.random.default_rng())
+    parts = np.split(noised, np.cumsum([a.size for a in arrays])[:-1])
+    update = [p.reshape(a.shape).astype(np.float32) for p, a in zip(parts, arrays, strict=True)]
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), 1, {})
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
+
+
+def noise_share_of(raw: str) -> NoiseShare:
+    """The round's noise share, checked against the plan it must follow.
+
+    Raises
+    ------
+    DataError
+        The share is malformed, or its ranges do not follow from its C, z and threshold.
+    """
+    try:
+        given = NoiseShare(**json.loads(raw))
+        planned = plan_noise_share(
+            given.clip_norm,
+            given.noise_multiplier,
+            given.min_survivors,
+            given.dimension,
+            devices_per_round=given.min_survivors,  # the range grows with these: a floor
+            rounds=1,
+        )
+    except (TypeError, ValueError, PrivacyError) as exc:
+        raise DataError(f"malformed noise share: {exc}") from exc
+    if given.clip_range < planned.clip_range or given.share_std < planned.share_std:
+        raise DataError("the noise share is below what its own C, z and threshold require")
+    return given
 
 
 @app.evaluate()

@@ -140,6 +140,7 @@ class Experiment(Frozen):
                 "data (pass it as a [task.options] entry); keep [data.partition]"
             )
         check_strategy(self.strategy, self.federation.per_round, self.central_privacy.enabled)
+        check_distributed(self)
         return self
 
     @property
@@ -157,6 +158,42 @@ class Experiment(Frozen):
                 "validation_fraction": self.data.validation_fraction,
                 "split_seed": self.data.split_seed,
             },
+        )
+
+
+def check_distributed(exp: Experiment) -> None:
+    """Refuse a distributed-DP experiment SecAgg+ cannot run.
+
+    Raises
+    ------
+    ConfigError
+        Naming the option and the fix.
+    """
+    central, per_round = exp.central_privacy, exp.federation.per_round
+    if not (central.enabled and central.mode == "distributed"):
+        return
+    if exp.simulation.backend != "ray" or exp.simulation.fleet is not None:
+        raise ConfigError(
+            'central_privacy.mode = "distributed" runs SecAgg+\'s four message stages, which '
+            "the vmap backend and [simulation.fleet] do not carry: use simulation.backend = "
+            '"ray" without [simulation.fleet]'
+        )
+    if per_round < 3:
+        raise ConfigError(
+            f'central_privacy.mode = "distributed" runs SecAgg+, which needs at least 3 '
+            f"devices per round (a sum of 2 reveals each to the other); this round has "
+            f"{per_round}: raise federation.clients_per_round"
+        )
+    needed = central.survivors_needed(per_round)
+    if needed > per_round:
+        raise ConfigError(
+            f"central_privacy.min_survivors = {needed} exceeds the {per_round} devices of a "
+            "round; lower it (the noise is calibrated for that many survivors)"
+        )
+    if exp.attack is not None:
+        raise ConfigError(
+            "[attack] sends individual updates the server inspects; with central_privacy.mode "
+            '= "distributed" the server sees only sums: remove [attack] or use mode = "trusted"'
         )
 
 

@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 from edgeai.flower.aggregators import Aggregator
 from edgeai.flower.attacks import AttackPlan
 from edgeai.flower.client_app import plan_config
+from edgeai.flower.distributed import DistributedDPFedAvg
 from edgeai.flower.plan import ClientPlan
 from edgeai.flower.records import FinalState, RoundRecord
 from edgeai.flower.sampling import NodeDirectory
@@ -205,6 +206,16 @@ def build_strategy(
     common["attack"] = AttackPlan.of(plan.client.attack, plan.num_clients, plan.client.seed)
     if not plan.central.enabled:
         return ValidatingFedAvg(aggregator=Aggregator(plan.client.strategy), **common)
+    if plan.central.mode == "distributed":
+        return DistributedDPFedAvg(
+            central=plan.central,
+            clients_per_round=plan.clients_per_round,
+            num_rounds=plan.client.num_rounds,
+            dimension=sum(int(np.prod(a.shape)) for a in initial.values()),
+            state_path=plan.central_state_path,
+            round_timeout_s=plan.round_timeout_s,
+            **common,
+        )
     return ClientLevelDPFedAvg(
         central=plan.central,
         num_clients=plan.num_clients,
@@ -263,11 +274,8 @@ class RoundLoop:
                 raise
             for sink in self.sinks:
                 sink.round_sampled(rnd, len(messages))
-            replies, missing = send_and_receive(
-                grid, messages, timeout_s=plan.round_timeout_s, poll_s=plan.reply_poll_s
-            )
+            new, replies, missing = self._train(strategy, rnd, messages, grid)
             replied = time.perf_counter()
-            new, _ = strategy.aggregate_train(rnd, replies)
             if new is not None:
                 arrays = new
             model.load_state_dict(arrays.to_torch_state_dict())
@@ -305,20 +313,58 @@ class RoundLoop:
             sink.run_ended(final)
         return final
 
+    def _train(
+        self, strategy: ValidatingFedAvg, rnd: int, messages: list[Message], grid: Grid
+    ) -> tuple[ArrayRecord | None, list[Message], int]:
+        """Send a round's messages; the new model, the replies and how many never came."""
+        if isinstance(strategy, DistributedDPFedAvg):
+            # SecAgg+: the server gets only the sum, no reply of its own.
+            new, missing = strategy.secure_round(rnd, messages, grid, self._exchange(grid))
+            return new, [], missing
+        replies, missing = send_and_receive(
+            grid, messages, timeout_s=self.plan.round_timeout_s, poll_s=self.plan.reply_poll_s
+        )
+        new, _ = strategy.aggregate_train(rnd, replies)
+        return new, replies, missing
+
     def _asker(self, grid: Grid) -> Callable[[Sequence[Message]], list[Message]]:
-        def ask(messages: Sequence[Message]) -> list[Message]:
+        exchange = self._exchange(grid)
+        return lambda messages: exchange(messages, self.plan.round_timeout_s)
+
+    def _exchange(self, grid: Grid) -> Callable[[Sequence[Message], float], list[Message]]:
+        def exchange(messages: Sequence[Message], timeout_s: float) -> list[Message]:
             replies, _ = send_and_receive(
-                grid, messages, timeout_s=self.plan.round_timeout_s, poll_s=self.plan.reply_poll_s
+                grid, messages, timeout_s=timeout_s, poll_s=self.plan.reply_poll_s
             )
             return replies
 
-        return ask
+        return exchange
 
 
 def _client_level(
     strategy: ValidatingFedAvg, central: CentralPrivacyConfig
 ) -> dict[str, Any] | None:
     # z, q, rounds, δ, ε and the accountant: enough to recompute client-level ε independently.
+    if isinstance(strategy, DistributedDPFedAvg):
+        share = strategy.share
+        return {
+            "scope": "client-level DP, distributed: devices add the noise, SecAgg+ sums",
+            "mode": "distributed",
+            "noise_multiplier": strategy.noise_multiplier,
+            "sample_rate": 1.0,
+            "rounds": sum(h[2] for h in strategy.accountant.history),
+            "history": strategy.accountant.history,
+            "clip_norm": central.clip_norm,
+            "sensitivity": share.sensitivity,  # C plus the rounding of SecAgg+'s quantization
+            "min_survivors": share.min_survivors,
+            "share_std": share.share_std,
+            "clip_range": share.clip_range,
+            "delta": central.delta,
+            "delta_mechanism": strategy.delta,  # δ minus the range-overflow probability
+            "epsilon": strategy.epsilon(),
+            "accountant": "rdp (dp-accounting), Gaussian, no amplification",
+            "sampling": "fixed-size, chosen by the server: no amplification is claimed",
+        }
     if not isinstance(strategy, ClientLevelDPFedAvg):
         return None
     return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -70,6 +71,8 @@ class CentralPrivacyConfig(Frozen):
     budget_epsilon: float | None = Field(default=None, gt=0)
     delta: float = Field(default=1e-5, gt=0, lt=1)
     clip_norm: float = Field(default=1.0, gt=0)
+    mode: Literal["trusted", "distributed"] = "trusted"
+    min_survivors: int | None = Field(default=None, ge=2)
 
     @model_validator(mode="after")
     def _exactly_one_noise_source(self) -> CentralPrivacyConfig:
@@ -77,7 +80,18 @@ class CentralPrivacyConfig(Frozen):
             raise ConfigError(
                 "client-level DP needs exactly one of noise_multiplier and target_epsilon"
             )
+        if self.min_survivors is not None and self.mode != "distributed":
+            raise ConfigError(
+                "central_privacy.min_survivors is SecAgg+'s threshold: it applies to "
+                'mode = "distributed" only; remove it or set mode = "distributed"'
+            )
         return self
+
+    def survivors_needed(self, per_round: int) -> int:
+        """SecAgg+'s threshold: ``min_survivors``, or 80 % of a round's devices (at least 2)."""
+        if self.min_survivors is not None:
+            return self.min_survivors
+        return max(2, math.ceil(0.8 * per_round))
 
     @property
     def budget(self) -> float | None:

@@ -87,6 +87,8 @@ def run_experiment(
     client_app: ClientApp | None = None,
     ledger_dir: Path | None = None,
     central_state_path: Path | None = None,
+    *,
+    wrap_grid: GridWrap | None = None,
 ) -> SimulationResult:
     """Run ``exp`` through Flower's simulation engine; blocks until the last round.
 
@@ -95,7 +97,8 @@ def run_experiment(
     virtual device keeps its spend in the SQLite privacy ledger at
     ``ledger_dir`` (one file per device; default: a new temporary directory).
     With client-level DP the server's accountant is saved at ``central_state_path``
-    after every round, and resumed from it.
+    after every round, and resumed from it. ``wrap_grid`` wraps the grid the server
+    sees (tests record what it receives; not with ``[simulation.fleet]``).
     """
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -123,6 +126,10 @@ def run_experiment(
     )
     start_warming(exp)  # partitions and σ while Ray starts (a no-op if the CLI did it)
     wrap = fleet_wrapper(exp, result)
+    if wrap_grid is not None:
+        if wrap is not None:
+            raise SimulationError("wrap_grid and [simulation.fleet] both wrap the grid; use one")
+        wrap = wrap_grid
     if exp.simulation.backend == "vmap":
         if client_app is not None:
             raise SimulationError("backend = 'vmap' runs the standard ClientApp's training only")

@@ -1,0 +1,269 @@
+"""Distributed DP in the round loop: every round is Flower's SecAgg+ over the sampled devices.
+
+``[central_privacy] mode = "distributed"``: client-level DP-FedAvg in which the server is
+trusted with sums only. Each round the server samples ``clients_per_round`` devices (by
+the same seeded sampler as every other strategy) and runs Flower's own SecAgg+ server
+workflow (``SecAggPlusWorkflow``: setup, key sharing, masked vectors, unmasking) on them,
+through the grid the loop was given — the simulation's or a deployed SuperLink's. Each
+device trains as usual, clips its model update to C, adds its share of the noise
+(:mod:`edgeai.privacy.distributed`) and hands it to Flower's ``secaggplus_mod``
+(:func:`edgeai.flower.client_app.secagg_when_asked`), which masks it. The server unmasks
+the sum of the survivors, divides it by the devices a round expects, as trusted DP-FedAvg
+does, and adds it to the global model. What the server keeps of a round: the sum, who was
+sampled and who replied; each reply's record is emptied by the workflow once added in.
+
+Flower's SecAgg+ is a *legacy* workflow: it asks a ``Strategy`` for ``configure_fit`` /
+``aggregate_fit`` and reads a ``LegacyContext``. :class:`_OneRound` is that strategy for
+one round: the nodes and the instructions edgeai already chose, and a place to put the
+unmasked mean.
+
+Privacy (docs/PRIVACY.md, "Distributed DP over secure aggregation"): the accountant is the
+client-level one with no sampling amplification (q = 1 per round): the server chose who
+took part, so it cannot be hidden from it. A device's ε composes the rounds it took part
+in; the run's ε is that of a device in every round.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters
+from flwr.common import parameters_to_ndarrays as to_ndarrays
+from flwr.common.serde import message_to_proto
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.serverapp import Grid
+
+from edgeai.flower.client_app import PLAN_KEY, SHARE_KEY, STATE_KEYS_KEY
+from edgeai.flower.strategy import RoundStats, ServerBudgetExhaustedError, ValidatingFedAvg
+from edgeai.plumbing.files import atomic_write
+from edgeai.privacy.central import ClientLevelAccountant
+from edgeai.privacy.config import CentralPrivacyConfig
+from edgeai.privacy.distributed import QUANTIZATION_BITS, NoiseShare, plan_noise_share
+
+CLIP_FAILURE = 1e-9  # P(any coordinate leaves SecAgg+'s range in the run): added to δ
+
+
+# Pushes messages, returns the replies that came within the timeout (seconds).
+Exchange = Callable[[Sequence[Message], float], list[Message]]
+
+
+def share_to_json(share: NoiseShare) -> str:
+    """The noise share as the train config carries it."""
+    return json.dumps(asdict(share))
+
+
+class _PollingGrid(Grid):
+    """The loop's grid for SecAgg+'s stages: fine reply polling, and bytes counted."""
+
+    def __init__(self, inner: Grid, stats: RoundStats, exchange: Exchange, timeout_s: float):
+        self.inner, self.stats, self.exchange, self.timeout_s = inner, stats, exchange, timeout_s
+
+    def set_run(self, run: Any) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self.inner.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self.inner.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        batch = list(messages)
+        self.stats.bytes_down += sum(message_to_proto(m).ByteSize() for m in batch)
+        # Flower's deployed grid sleeps 3 s between pulls; a SecAgg+ round has four stages.
+        replies = self.exchange(batch, timeout or self.timeout_s)
+        self.stats.bytes_up += sum(message_to_proto(m).ByteSize() for m in replies)
+        return replies
+
+
+class _OneRound(FedAvg):
+    """The legacy strategy SecAgg+ drives for one round: edgeai's sample, then the mean."""
+
+    def __init__(self, chosen: list[tuple[ClientProxy, FitIns]]) -> None:
+        super().__init__(fraction_evaluate=0.0)
+        self.chosen = chosen
+        self.mean: list[np.ndarray] | None = None
+        self.survivors = 0
+
+    def configure_fit(
+        self,
+        server_round: int,  # noqa: ARG002  (Flower's signature)
+        parameters: Parameters,  # noqa: ARG002
+        client_manager: Any,  # noqa: ARG002
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        return self.chosen
+
+    def aggregate_fit(
+        self,
+        server_round: int,  # noqa: ARG002  (Flower's signature)
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[Any],  # noqa: ARG002
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        # Every result carries the same unmasked mean (weights are 1): keep it once.
+        if results:
+            self.mean = to_ndarrays(results[0][1].parameters)
+            self.survivors = len(results)
+        return None, {}
+
+
+class DistributedDPFedAvg(ValidatingFedAvg):
+    """Client-level DP-FedAvg whose noise the devices add, aggregated by SecAgg+."""
+
+    def __init__(
+        self,
+        *,
+        central: CentralPrivacyConfig,
+        clients_per_round: int,
+        num_rounds: int,
+        dimension: int,
+        state_path: Path | None,
+        round_timeout_s: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.central = central
+        self.expected_clients = clients_per_round
+        self.min_survivors = central.survivors_needed(clients_per_round)
+        self.timeout_s = round_timeout_s
+        self.state_path = state_path
+        self.sample_rate = 1.0  # no amplification: the server knows who took part
+        self.accountant = ClientLevelAccountant("poisson")
+        if state_path is not None and state_path.exists():  # resume after a restart
+            saved = json.loads(state_path.read_text(encoding="utf-8"))
+            self.accountant = ClientLevelAccountant.from_dict(saved)
+        self.delta = central.delta - CLIP_FAILURE  # what the Gaussian mechanism may use
+        if central.noise_multiplier is not None:
+            self.noise_multiplier = central.noise_multiplier
+        else:
+            if central.target_epsilon is None:
+                raise ValueError("client-level DP needs noise_multiplier or target_epsilon")
+            remaining = num_rounds - sum(h[2] for h in self.accountant.history)
+            self.noise_multiplier = self.accountant.noise_for_target(
+                central.target_epsilon, self.delta, 1.0, max(1, remaining)
+            )
+        self.share = plan_noise_share(
+            central.clip_norm,
+            self.noise_multiplier,
+            self.min_survivors,
+            dimension,
+            devices_per_round=clients_per_round,
+            rounds=num_rounds,
+            clip_failure=CLIP_FAILURE,
+        )
+        self._global: ArrayRecord | None = None
+
+    def epsilon(self) -> float:
+        """Client-level ε of a device that took part in every round so far."""
+        return float(self.accountant.epsilon(self.delta))
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Refuse a round past the budget; else sample as plain FedAvg does."""
+        budget = self.central.budget
+        if budget is not None:
+            after = ClientLevelAccountant("poisson", self.accountant.history)
+            after.step(self.noise_multiplier, 1.0)
+            if after.epsilon(self.delta) > budget:
+                raise ServerBudgetExhaustedError(
+                    f"round {server_round} would raise client-level ε from "
+                    f"{self.epsilon():.3f} to {after.epsilon(self.delta):.3f}, past the "
+                    f"budget {budget}; no further model is released"
+                )
+        self._global = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def secure_round(
+        self, server_round: int, messages: Sequence[Message], grid: Grid, exchange: Exchange
+    ) -> tuple[ArrayRecord | None, int]:
+        """Run SecAgg+ with the nodes of ``messages``; the new global model, and who dropped.
+
+        ``exchange`` carries each of the protocol's four stages over ``grid``.
+
+        None keeps the current model: fewer than ``min_survivors`` devices stayed (the
+        workflow aborts; nothing is released, nothing is accounted).
+        """
+        if self._global is None:
+            raise RuntimeError("configure_train must run before secure_round")
+        stats = self.stats.setdefault(server_round, RoundStats())
+        stats.bytes_down = 0  # counted on the wire here, all four stages
+        keys = list(self._global.keys())
+        base = {k: self._global[k].numpy() for k in keys}
+        params = ndarrays_to_parameters([base[k] for k in keys])
+        plan = str(next(iter(messages)).content.config_records["config"][PLAN_KEY])
+        fit_config: dict[str, Scalar] = {
+            PLAN_KEY: plan,
+            "server-round": server_round,
+            SHARE_KEY: share_to_json(self.share),
+            STATE_KEYS_KEY: json.dumps(keys),
+        }
+        run_id = int(getattr(grid.run, "run_id", 0))
+        one = _OneRound(
+            [
+                (GridClientProxy(m.metadata.dst_node_id, grid, run_id), FitIns(params, fit_config))
+                for m in messages
+            ]
+        )
+        context = LegacyContext(
+            Context(run_id, 0, {}, RecordDict(), {}), ServerConfig(num_rounds=1), one
+        )
+        context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
+            {WorkflowKey.CURRENT_ROUND: server_round}
+        )
+        context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+            params, keep_input=True
+        )
+        workflow = SecAggPlusWorkflow(
+            num_shares=1.0,  # every sampled device shares its keys with every other
+            reconstruction_threshold=self.min_survivors,
+            max_weight=1.0,  # each device weighs 1: the sum, not a data-weighted mean
+            clipping_range=self.share.clip_range,
+            quantization_range=2**QUANTIZATION_BITS,
+            timeout=self.timeout_s,
+        )
+        workflow(_PollingGrid(grid, stats, exchange, self.timeout_s), context)
+        stats.accepted = one.survivors
+        dropped = len(messages) - one.survivors
+        if one.mean is None:
+            stats.reasons.append(
+                f"SecAgg+ aborted: fewer than {self.min_survivors} of {len(messages)} "
+                "devices stayed; the model is unchanged and nothing was released"
+            )
+            return None, len(messages)
+        self.accountant.step(self.noise_multiplier, 1.0)
+        if self.state_path is not None:
+            atomic_write(self.state_path, json.dumps(self.accountant.to_dict()))
+        stats.client_epsilon = self.epsilon()
+        # The unmasked mean is the survivors' sum over their count; scale to the sum over
+        # the devices a round expects, as trusted DP-FedAvg divides its noisy sum.
+        scale = one.survivors / self.expected_clients
+        new = {
+            k: Array((base[k] + scale * mean.reshape(base[k].shape)).astype(base[k].dtype))
+            for k, mean in zip(keys, one.mean, strict=True)
+        }
+        return ArrayRecord(new), dropped
