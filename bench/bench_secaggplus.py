@@ -1,77 +1,70 @@
-"""SecAgg+ overhead per round: distributed-DP FedAvg over Flower's SecAgg+ vs plain FedAvg.
+"""SecAgg+ overhead per round: distributed DP vs plain FedAvg and trusted client-level DP.
 
-    python -m bench.bench_secaggplus [--clients 10] [--dim 39700] [--rounds 4]
+    python -m bench.bench_secaggplus [--rounds 6] [--experiment PATH]
 
-Both runs are the same Flower simulation (Ray, 2 CPUs) of ``--clients`` devices sending a
-``--dim`` update (39,700: the ScatterNet quickstart's linear head) each round, through the
-same legacy ``DefaultWorkflow`` (``edgeai/flower/secagg.py``); one adds
-``SecAggPlusWorkflow`` + ``secaggplus_mod`` (4 stages: keys, key shares, masked vectors,
-unmasking) and each device's noise share. Bytes are every message the server sent and
-received (protobuf size); seconds are configure_fit → aggregate_fit. Round 1 also starts
-the actors, so it is reported apart.
+Three runs of the same experiment through ``edgeai``'s own round loop and ClientApp on
+Flower's simulation engine (Ray, 2 CPUs), default
+``simulations/privacy/client-level/distributed-10-eps3.toml`` (ScatterNet + linear, 10
+devices, all in every round, real training): ``[central_privacy]`` off (plain FedAvg),
+``mode = "trusted"`` (the server adds the noise) and ``mode = "distributed"`` (SecAgg+'s
+four stages: keys, key shares, masked vectors, unmasking). Bytes are every message the
+server sent and received, protobuf-encoded, counted by one recording grid for all three;
+seconds are a round's wall time (training, the protocol, evaluation), median of the rounds
+after the first (which starts the actors).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
+from pathlib import Path
+from typing import Any
 
-import numpy as np
-from flwr.simulation import run_simulation
+from flwr.serverapp import Grid
 
-from edgeai.flower.secagg import ServerView, client_app, server_app
-from edgeai.privacy.distributed import plan_noise_share
+from edgeai.flower.experiment import load_experiment
+from edgeai.flower.secagg import RecordingGrid, ServerView
+from edgeai.simulation.runner import run_experiment
+
+DEFAULT = Path("simulations/privacy/client-level/distributed-10-eps3.toml")
+MODES: dict[str, dict[str, Any]] = {
+    "plain FedAvg": {"central_privacy.enabled": False, "central_privacy.mode": "trusted"},
+    "trusted DP": {"central_privacy.mode": "trusted"},
+    "SecAgg+ DP": {"central_privacy.mode": "distributed"},
+}
 
 
-def _update(partition: int, server_round: int, current: np.ndarray) -> np.ndarray:
-    return np.random.default_rng([partition, server_round]).normal(0.0, 0.01, current.shape)
-
-
-def run(clients: int, dim: int, rounds: int, secure: bool) -> ServerView:
-    """One simulation; the server's view (bytes, seconds per round)."""
-    share = (
-        plan_noise_share(0.1, 1.0, max(2, clients - clients // 3), dim,
-                         devices_per_round=clients, rounds=rounds)
-        if secure else None
-    )  # fmt: skip
+def run(path: Path, rounds: int, overrides: dict[str, Any]) -> tuple[float, float, list[float]]:
+    """One run: bytes per round (both ways), median steady seconds per round, all seconds."""
+    if overrides.get("central_privacy.enabled") is False:
+        overrides = {**overrides, "central_privacy.target_epsilon": None}
+    exp = load_experiment(path, {"federation.rounds": rounds, **overrides})
     view = ServerView()
-    run_simulation(
-        server_app(np.zeros(dim, np.float32), rounds, clients, view, share),
-        client_app(_update, share),
-        clients,
-        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
-    )
-    return view
+
+    def record(grid: Grid) -> Grid:
+        return RecordingGrid(grid, view)
+
+    result = run_experiment(exp, wrap_grid=record)
+    seconds = [r.seconds for r in result.rounds]
+    return (view.bytes_down + view.bytes_up) / rounds, statistics.median(seconds[1:]), seconds
 
 
 def main() -> None:
-    """Run both, print per-round bytes and seconds and the ratios."""
+    """Run the three, print bytes and seconds per round and the ratios to plain FedAvg."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--dim", type=int, default=39_700)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--experiment", type=Path, default=DEFAULT)
     args = parser.parse_args()
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    rows = {}
-    for secure in (False, True):
-        view = run(args.clients, args.dim, args.rounds, secure)
-        steady = view.round_seconds[1:] or view.round_seconds
-        rows[secure] = (
-            (view.bytes_down + view.bytes_up) / args.rounds,
-            statistics.median(steady),
-            min(steady),
-            max(steady),
-            view.round_seconds[0],
+    rows = {name: run(args.experiment, args.rounds, o) for name, o in MODES.items()}
+    print(f"{args.experiment}, {args.rounds} rounds")
+    print(f"{'':14} {'bytes/round':>12} {'s/round':>8} {'x bytes':>8} {'x s':>6}  all rounds (s)")
+    base_bytes, base_s, _ = rows["plain FedAvg"]
+    for name, (nbytes, med, seconds) in rows.items():
+        every = " ".join(f"{s:.2f}" for s in seconds)
+        print(
+            f"{name:14} {nbytes:12,.0f} {med:8.3f} {nbytes / base_bytes:8.2f} "
+            f"{med / base_s:6.2f}  {every}"
         )
-    print(f"{args.clients} clients, {args.dim} coordinates, {args.rounds} rounds")
-    print(f"{'':10} {'bytes/round':>12} {'s/round med':>12} {'min':>7} {'max':>7} {'round 1':>8}")
-    for secure, (nbytes, med, lo, hi, first) in rows.items():
-        name = "SecAgg+" if secure else "plain"
-        print(f"{name:10} {nbytes:12,.0f} {med:12.3f} {lo:7.3f} {hi:7.3f} {first:8.2f}")
-    (b0, s0, *_), (b1, s1, *_) = rows[False], rows[True]
-    print(f"ratio SecAgg+/plain: bytes {b1 / b0:.2f}x, seconds {s1 / s0:.2f}x")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from edgeai.flower.client_app import PLAN_KEY, SHARE_KEY, STATE_KEYS_KEY
+from edgeai.flower.grids import ForwardingGrid
 from edgeai.flower.strategy import RoundStats, ServerBudgetExhaustedError, ValidatingFedAvg
 from edgeai.plumbing.files import atomic_write
 from edgeai.privacy.central import ClientLevelAccountant
@@ -54,6 +55,10 @@ from edgeai.privacy.config import CentralPrivacyConfig
 from edgeai.privacy.distributed import QUANTIZATION_BITS, NoiseShare, plan_noise_share
 
 CLIP_FAILURE = 1e-9  # P(any coordinate leaves SecAgg+'s range in the run): added to δ
+# SecAgg+ shares each device's keys with this many neighbours (itself included) when a
+# round has more devices: the masking and secret-sharing cost grows with it, not with the
+# round (Bell et al. 2020's logarithmic neighbourhoods); a majority of them can unmask.
+NEIGHBOURS = 21
 
 
 # Pushes messages, returns the replies that came within the timeout (seconds).
@@ -65,30 +70,12 @@ def share_to_json(share: NoiseShare) -> str:
     return json.dumps(asdict(share))
 
 
-class _PollingGrid(Grid):
+class _PollingGrid(ForwardingGrid):
     """The loop's grid for SecAgg+'s stages: fine reply polling, and bytes counted."""
 
     def __init__(self, inner: Grid, stats: RoundStats, exchange: Exchange, timeout_s: float):
-        self.inner, self.stats, self.exchange, self.timeout_s = inner, stats, exchange, timeout_s
-
-    def set_run(self, run: Any) -> None:
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.inner.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        return self.inner.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
+        super().__init__(inner)
+        self.stats, self.exchange, self.timeout_s = stats, exchange, timeout_s
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -129,6 +116,26 @@ class _OneRound(FedAvg):
             self.mean = to_ndarrays(results[0][1].parameters)
             self.survivors = len(results)
         return None, {}
+
+
+class _ThresholdedSecAggPlus(SecAggPlusWorkflow):
+    """Flower's SecAgg+ that unmasks only a sum of at least ``min_survivors`` devices.
+
+    SecAgg+'s own threshold holds per neighbourhood; the noise is calibrated for the
+    round's total, so the server checks that before asking for the shares that unmask.
+    """
+
+    def __init__(self, min_survivors: int, devices: int, **kwargs: Any) -> None:
+        if devices <= NEIGHBOURS:  # everyone shares with everyone; t of them unmask
+            super().__init__(1.0, min_survivors, **kwargs)
+        else:
+            super().__init__(NEIGHBOURS, NEIGHBOURS // 2 + 1, **kwargs)
+        self.min_survivors = min_survivors
+
+    def unmask_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
+        if len(state.active_node_ids) < self.min_survivors:
+            return False  # too little noise in the sum: abort before anything is unmasked
+        return bool(super().unmask_stage(grid, context, state))
 
 
 class DistributedDPFedAvg(ValidatingFedAvg):
@@ -238,9 +245,9 @@ class DistributedDPFedAvg(ValidatingFedAvg):
         context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
             params, keep_input=True
         )
-        workflow = SecAggPlusWorkflow(
-            num_shares=1.0,  # every sampled device shares its keys with every other
-            reconstruction_threshold=self.min_survivors,
+        workflow = _ThresholdedSecAggPlus(
+            self.min_survivors,
+            len(messages),
             max_weight=1.0,  # each device weighs 1: the sum, not a data-weighted mean
             clipping_range=self.share.clip_range,
             quantization_range=2**QUANTIZATION_BITS,

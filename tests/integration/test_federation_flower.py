@@ -232,3 +232,39 @@ def test_krum_keeps_a_scaling_node_out_of_every_aggregate(fleet: Fleet, tmp_path
         assert hostile in r["discarded"], r  # Krum left the hostile update out
         assert len(r["discarded"]) == 3, r  # and kept exactly one honest update
     assert rounds[-1]["accuracy"] > 0.3, rounds[-1]  # random: 0.1
+
+
+@pytest.mark.slow
+def test_distributed_dp_over_secaggplus_on_enrolled_nodes(fleet: Fleet, tmp_path: Path) -> None:
+    """Distributed DP on a deployed fleet (issue 13): SuperLink, 4 SuperNodes, SecAgg+.
+
+    Every round runs Flower's SecAgg+ stages between the real SuperLink and the real
+    SuperNodes (each keeps its SecAgg+ keys in its node state between the stages); the
+    model learns from the unmasked sum alone, and the server's accountant is on disk.
+    """
+    shards = make_shards(tmp_path / "data", 4)
+    for i in range(4):
+        fleet.add_node(f"n{i}", shards[i])
+    spec = RunSpec(
+        experiment=experiment(
+            rounds=2,
+            nodes=4,
+            privacy={"enabled": False},
+            central_privacy={
+                "enabled": True,
+                "mode": "distributed",
+                "noise_multiplier": 0.01,
+                "clip_norm": 1.0,
+                "min_survivors": 3,
+            },
+        ),
+        out_dir=tmp_path / "run",
+        node_wait_s=120,
+    )
+    final = run_to_end(fleet.conn, spec, write_app_dir(fleet.root / "flwr-home"), timeout_s=400)
+    assert final.ok, final
+    rounds = rounds_of(spec)
+    assert [(r["round"], r["sampled"], r["accepted"]) for r in rounds] == [(1, 4, 4), (2, 4, 4)]
+    assert all(0 < r["client_epsilon"] < math.inf for r in rounds), rounds
+    assert rounds[-1]["accuracy"] > 0.3, rounds[-1]  # random: 0.1
+    assert RunPaths(spec.out_dir).client_dp_state.is_file()
