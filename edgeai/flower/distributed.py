@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,10 +47,7 @@ from flwr.serverapp import Grid
 
 from edgeai.flower.client_app import PLAN_KEY, SHARE_KEY, STATE_KEYS_KEY
 from edgeai.flower.grids import ForwardingGrid
-from edgeai.flower.strategy import RoundStats, ServerBudgetExhaustedError, ValidatingFedAvg
-from edgeai.plumbing.files import atomic_write
-from edgeai.privacy.central import ClientLevelAccountant
-from edgeai.privacy.config import CentralPrivacyConfig
+from edgeai.flower.strategy import ClientLevelDPFedAvg, RoundStats, ValidatingFedAvg
 from edgeai.privacy.distributed import QUANTIZATION_BITS, NoiseShare, plan_noise_share
 
 CLIP_FAILURE = 1e-9  # P(any coordinate leaves SecAgg+'s range in the run): added to δ
@@ -138,72 +134,33 @@ class _ThresholdedSecAggPlus(SecAggPlusWorkflow):
         return bool(super().unmask_stage(grid, context, state))
 
 
-class DistributedDPFedAvg(ValidatingFedAvg):
+class DistributedDPFedAvg(ClientLevelDPFedAvg):
     """Client-level DP-FedAvg whose noise the devices add, aggregated by SecAgg+."""
 
-    def __init__(
-        self,
-        *,
-        central: CentralPrivacyConfig,
-        clients_per_round: int,
-        num_rounds: int,
-        dimension: int,
-        state_path: Path | None,
-        round_timeout_s: float,
-        **kwargs: Any,
-    ) -> None:
+    amplified = False  # the server chooses who takes part: it cannot be hidden from it
+    delta_reserved = CLIP_FAILURE
+
+    def __init__(self, *, dimension: int, round_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.central = central
-        self.expected_clients = clients_per_round
-        self.min_survivors = central.survivors_needed(clients_per_round)
+        self.min_survivors = self.central.survivors_needed(self.expected_clients)
         self.timeout_s = round_timeout_s
-        self.state_path = state_path
-        self.sample_rate = 1.0  # no amplification: the server knows who took part
-        self.accountant = ClientLevelAccountant("poisson")
-        if state_path is not None and state_path.exists():  # resume after a restart
-            saved = json.loads(state_path.read_text(encoding="utf-8"))
-            self.accountant = ClientLevelAccountant.from_dict(saved)
-        self.delta = central.delta - CLIP_FAILURE  # what the Gaussian mechanism may use
-        if central.noise_multiplier is not None:
-            self.noise_multiplier = central.noise_multiplier
-        else:
-            if central.target_epsilon is None:
-                raise ValueError("client-level DP needs noise_multiplier or target_epsilon")
-            remaining = num_rounds - sum(h[2] for h in self.accountant.history)
-            self.noise_multiplier = self.accountant.noise_for_target(
-                central.target_epsilon, self.delta, 1.0, max(1, remaining)
-            )
         self.share = plan_noise_share(
-            central.clip_norm,
+            self.central.clip_norm,
             self.noise_multiplier,
             self.min_survivors,
             dimension,
-            devices_per_round=clients_per_round,
-            rounds=num_rounds,
+            devices_per_round=self.expected_clients,
+            rounds=kwargs["num_rounds"],
             clip_failure=CLIP_FAILURE,
         )
-        self._global: ArrayRecord | None = None
-
-    def epsilon(self) -> float:
-        """Client-level ε of a device that took part in every round so far."""
-        return float(self.accountant.epsilon(self.delta))
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Refuse a round past the budget; else sample as plain FedAvg does."""
-        budget = self.central.budget
-        if budget is not None:
-            after = ClientLevelAccountant("poisson", self.accountant.history)
-            after.step(self.noise_multiplier, 1.0)
-            if after.epsilon(self.delta) > budget:
-                raise ServerBudgetExhaustedError(
-                    f"round {server_round} would raise client-level ε from "
-                    f"{self.epsilon():.3f} to {after.epsilon(self.delta):.3f}, past the "
-                    f"budget {budget}; no further model is released"
-                )
+        """Refuse a round past the budget; else sample a fixed number, as FedAvg does."""
+        self.check_budget(server_round)
         self._global = arrays
-        return super().configure_train(server_round, arrays, config, grid)
+        return ValidatingFedAvg.configure_train(self, server_round, arrays, config, grid)
 
     def secure_round(
         self, server_round: int, messages: Sequence[Message], grid: Grid, exchange: Exchange
@@ -262,9 +219,8 @@ class DistributedDPFedAvg(ValidatingFedAvg):
                 "devices stayed; the model is unchanged and nothing was released"
             )
             return None, len(messages)
-        self.accountant.step(self.noise_multiplier, 1.0)
-        if self.state_path is not None:
-            atomic_write(self.state_path, json.dumps(self.accountant.to_dict()))
+        self.accountant.step(self.noise_multiplier, self.sample_rate)
+        self.save_accountant()
         stats.client_epsilon = self.epsilon()
         # The unmasked mean is the survivors' sum over their count; scale to the sum over
         # the devices a round expects, as trusted DP-FedAvg divides its noisy sum.

@@ -206,25 +206,22 @@ def build_strategy(
     common["attack"] = AttackPlan.of(plan.client.attack, plan.num_clients, plan.client.seed)
     if not plan.central.enabled:
         return ValidatingFedAvg(aggregator=Aggregator(plan.client.strategy), **common)
+    dp: dict[str, Any] = {
+        "central": plan.central,
+        "num_clients": plan.num_clients,
+        "clients_per_round": plan.clients_per_round,
+        "num_rounds": plan.client.num_rounds,
+        "state_path": plan.central_state_path,  # persisted each round; resumed from here
+        "seed": start.seed,
+    }
     if plan.central.mode == "distributed":
         return DistributedDPFedAvg(
-            central=plan.central,
-            clients_per_round=plan.clients_per_round,
-            num_rounds=plan.client.num_rounds,
             dimension=sum(int(np.prod(a.shape)) for a in initial.values()),
-            state_path=plan.central_state_path,
             round_timeout_s=plan.round_timeout_s,
+            **dp,
             **common,
         )
-    return ClientLevelDPFedAvg(
-        central=plan.central,
-        num_clients=plan.num_clients,
-        clients_per_round=plan.clients_per_round,
-        num_rounds=plan.client.num_rounds,
-        state_path=plan.central_state_path,  # persisted each round; resumed from here
-        seed=start.seed,
-        **common,
-    )
+    return ClientLevelDPFedAvg(**dp, **common)
 
 
 class RoundLoop:
@@ -345,30 +342,11 @@ def _client_level(
     strategy: ValidatingFedAvg, central: CentralPrivacyConfig
 ) -> dict[str, Any] | None:
     # z, q, rounds, δ, ε and the accountant: enough to recompute client-level ε independently.
-    if isinstance(strategy, DistributedDPFedAvg):
-        share = strategy.share
-        return {
-            "scope": "client-level DP, distributed: devices add the noise, SecAgg+ sums",
-            "mode": "distributed",
-            "noise_multiplier": strategy.noise_multiplier,
-            "sample_rate": 1.0,
-            "rounds": sum(h[2] for h in strategy.accountant.history),
-            "history": strategy.accountant.history,
-            "clip_norm": central.clip_norm,
-            "sensitivity": share.sensitivity,  # C plus the rounding of SecAgg+'s quantization
-            "min_survivors": share.min_survivors,
-            "share_std": share.share_std,
-            "clip_range": share.clip_range,
-            "delta": central.delta,
-            "delta_mechanism": strategy.delta,  # δ minus the range-overflow probability
-            "epsilon": strategy.epsilon(),
-            "accountant": "rdp (dp-accounting), Gaussian, no amplification",
-            "sampling": "fixed-size, chosen by the server: no amplification is claimed",
-        }
     if not isinstance(strategy, ClientLevelDPFedAvg):
         return None
-    return {
+    summary = {
         "scope": "client-level DP on the server (DP-FedAvg), per participating device",
+        "mode": central.mode,
         "noise_multiplier": strategy.noise_multiplier,
         "sample_rate": strategy.sample_rate,
         "rounds": sum(h[2] for h in strategy.accountant.history),
@@ -379,3 +357,16 @@ def _client_level(
         "accountant": "rdp (dp-accounting), Poisson-sampled Gaussian",
         "sampling": "poisson",
     }
+    if isinstance(strategy, DistributedDPFedAvg):
+        share = strategy.share
+        summary |= {
+            "scope": "client-level DP, distributed: devices add the noise, SecAgg+ sums",
+            "sensitivity": share.sensitivity,  # C plus the rounding of SecAgg+'s quantization
+            "min_survivors": share.min_survivors,
+            "share_std": share.share_std,
+            "clip_range": share.clip_range,
+            "delta_mechanism": strategy.delta,  # δ less the range-overflow probability
+            "accountant": "rdp (dp-accounting), Gaussian at q = 1: no amplification",
+            "sampling": "fixed-size, chosen by the server: no amplification is claimed",
+        }
+    return summary

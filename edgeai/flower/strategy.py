@@ -284,7 +284,10 @@ class ClientLevelDPFedAvg(ValidatingFedAvg):
     ) -> None:
         super().__init__(**kwargs)
         self.central = central
-        self.sample_rate = clients_per_round / num_clients
+        # What the server may claim: amplification by its Poisson sampling (unless a
+        # subclass says the sampling is not hidden), at δ less what it reserves.
+        self.sample_rate = clients_per_round / num_clients if self.amplified else 1.0
+        self.delta = central.delta - self.delta_reserved
         self.expected_clients = clients_per_round
         self.state_path = state_path
         self.rng = np.random.default_rng(seed)  # the noise (sampling: sampling_seed)
@@ -299,28 +302,40 @@ class ClientLevelDPFedAvg(ValidatingFedAvg):
                 raise ValueError("client-level DP needs noise_multiplier or target_epsilon")
             remaining = num_rounds - sum(h[2] for h in self.accountant.history)
             self.noise_multiplier = self.accountant.noise_for_target(
-                central.target_epsilon, central.delta, self.sample_rate, max(1, remaining)
+                central.target_epsilon, self.delta, self.sample_rate, max(1, remaining)
             )
         self._global: ArrayRecord | None = None
 
+    amplified = True  # the sampling is Poisson and hidden from whoever the ε is against
+    delta_reserved = 0.0  # part of δ spent elsewhere than on the Gaussian mechanism
+
     def epsilon(self) -> float:
         """Client-level ε released so far."""
-        return float(self.accountant.epsilon(self.central.delta))
+        return float(self.accountant.epsilon(self.delta))
+
+    def check_budget(self, server_round: int) -> None:
+        """Raise :class:`ServerBudgetExhaustedError` if the round would pass the budget."""
+        budget = self.central.budget
+        if budget is not None:
+            after = ClientLevelAccountant("poisson", self.accountant.history)
+            after.step(self.noise_multiplier, self.sample_rate)
+            if after.epsilon(self.delta) > budget:
+                raise ServerBudgetExhaustedError(
+                    f"round {server_round} would raise client-level ε from "
+                    f"{self.epsilon():.3f} to {after.epsilon(self.delta):.3f}, past "
+                    f"the budget {budget}; no further model is released"
+                )
+
+    def save_accountant(self) -> None:
+        """Persist the accountant (a restart resumes it)."""
+        if self.state_path is not None:
+            atomic_write(self.state_path, json.dumps(self.accountant.to_dict()))
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Refuse a round past the budget; else Poisson-sample the clients."""
-        budget = self.central.budget
-        if budget is not None:
-            after = ClientLevelAccountant("poisson", self.accountant.history)
-            after.step(self.noise_multiplier, self.sample_rate)
-            if after.epsilon(self.central.delta) > budget:
-                raise ServerBudgetExhaustedError(
-                    f"round {server_round} would raise client-level ε from "
-                    f"{self.epsilon():.3f} to {after.epsilon(self.central.delta):.3f}, past "
-                    f"the budget {budget}; no further model is released"
-                )
+        self.check_budget(server_round)
         self._wait_for_nodes(grid)
         self._global = arrays
         keys = self._sampling_keys(grid)
@@ -340,7 +355,7 @@ class ClientLevelDPFedAvg(ValidatingFedAvg):
         ]
         # The sampled round is released (and accounted) even when nobody answered.
         self.accountant.step(self.noise_multiplier, self.sample_rate)
-        self._save()
+        self.save_accountant()
         self.stats[server_round].client_epsilon = self.epsilon()
         if not updates:
             return None
@@ -354,8 +369,3 @@ class ClientLevelDPFedAvg(ValidatingFedAvg):
         return ArrayRecord(
             {k: Array((base[k] + noisy.arrays[k]).astype(base[k].dtype)) for k in base}
         )
-
-    def _save(self) -> None:
-        if self.state_path is None:
-            return
-        atomic_write(self.state_path, json.dumps(self.accountant.to_dict()))
